@@ -1,0 +1,3 @@
+from kaffee.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Corpus builder: sources, filters, secret scrubbing, dedup, project split, tokenizer."""

@@ -1,0 +1,188 @@
+/**
+ * Kaffee for VS Code: starts `kaffee serve` (LSP over stdio) for Java files.
+ *
+ * Everything the server offers is wired by vscode-languageclient (>= 10 speaks
+ * LSP 3.18): the completion list (`textDocument/completion`) and inline ghost
+ * text (`textDocument/inlineCompletion`, registered because the server
+ * advertises `inlineCompletionProvider`). This file only builds the command
+ * line and the initialization options from the settings, and restarts or
+ * re-configures the server when those settings change.
+ */
+import * as os from 'os';
+import * as path from 'path';
+import * as vscode from 'vscode';
+import {
+    DidChangeConfigurationNotification,
+    LanguageClient,
+    LanguageClientOptions,
+    ServerOptions,
+    State,
+    TransportKind,
+} from 'vscode-languageclient/node';
+
+const SECTION = 'kaffee';
+
+/** The server's initializationOptions; a field left out takes the server's default. */
+interface KaffeeOptions {
+    modelPath?: string | null;
+    maxLines?: number;
+    deadlineMs?: number;
+    workspaceContext?: boolean;
+    device?: 'cpu' | 'cuda' | 'auto';
+}
+
+/** Settings that change the server's command line: a change restarts the server. */
+const RESTART_SETTINGS = ['server.path', 'server.args', 'server.logLevel'];
+
+let client: LanguageClient | undefined;
+
+/** The value the user set (in any scope), or undefined when only the default applies. */
+function userValue<T>(config: vscode.WorkspaceConfiguration, key: string): T | undefined {
+    const inspected = config.inspect<T>(key);
+    if (inspected === undefined) {
+        return undefined;
+    }
+    const value =
+        inspected.workspaceFolderValue ?? inspected.workspaceValue ?? inspected.globalValue;
+    return value === null ? undefined : value;
+}
+
+/** `~` is the home directory; a relative path is taken from the first workspace folder. */
+function resolvePath(value: string): string {
+    let resolved = value.trim();
+    if (resolved === '~' || resolved.startsWith('~/') || resolved.startsWith('~\\')) {
+        resolved = path.join(os.homedir(), resolved.slice(1));
+    }
+    const folder = vscode.workspace.workspaceFolders?.[0];
+    if (!path.isAbsolute(resolved) && folder !== undefined && folder.uri.scheme === 'file') {
+        resolved = path.join(folder.uri.fsPath, resolved);
+    }
+    return resolved;
+}
+
+/** The initializationOptions (and didChangeConfiguration settings) built from the user's settings. */
+function serverOptionsFromSettings(): KaffeeOptions {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const options: KaffeeOptions = {};
+    const modelPath = userValue<string>(config, 'modelPath');
+    if (modelPath !== undefined && modelPath.trim() !== '') {
+        options.modelPath = resolvePath(modelPath);
+    }
+    const maxLines = userValue<number>(config, 'maxLines');
+    if (maxLines !== undefined) {
+        options.maxLines = maxLines;
+    }
+    const deadlineMs = userValue<number>(config, 'deadlineMs');
+    if (deadlineMs !== undefined) {
+        options.deadlineMs = deadlineMs;
+    }
+    const workspaceContext = userValue<boolean>(config, 'workspaceContext');
+    if (workspaceContext !== undefined) {
+        options.workspaceContext = workspaceContext;
+    }
+    const device = userValue<KaffeeOptions['device']>(config, 'device');
+    if (device !== undefined) {
+        options.device = device;
+    }
+    return options;
+}
+
+function executable(): { command: string; args: string[] } {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const configured = config.get<string>('server.path', 'kaffee').trim() || 'kaffee';
+    // A bare name is looked up on PATH; anything with a separator is a path.
+    const command = configured.includes('/') || configured.includes('\\') ? resolvePath(configured) : configured;
+    const args = [...config.get<string[]>('server.args', ['serve'])];
+    const logLevel = config.get<string>('server.logLevel');
+    if (logLevel && !args.includes('--log-level')) {
+        args.push('--log-level', logLevel);
+    }
+    return { command, args };
+}
+
+function inlineEnabled(): boolean {
+    return vscode.workspace.getConfiguration(SECTION).get<boolean>('inlineCompletion.enable', true);
+}
+
+function createClient(channel: vscode.LogOutputChannel): LanguageClient {
+    const { command, args } = executable();
+    channel.info(`starting: ${command} ${args.join(' ')}`);
+    const run = { command, args, transport: TransportKind.stdio };
+    const serverOptions: ServerOptions = { run, debug: run };
+    const clientOptions: LanguageClientOptions = {
+        documentSelector: [
+            { scheme: 'file', language: 'java' },
+            { scheme: 'untitled', language: 'java' },
+        ],
+        // A function, so that a restart picks up the current settings.
+        initializationOptions: () => serverOptionsFromSettings(),
+        outputChannel: channel,
+        middleware: {
+            provideInlineCompletionItems: (document, position, context, token, next) =>
+                inlineEnabled() ? next(document, position, context, token) : undefined,
+        },
+    };
+    return new LanguageClient('kaffee', 'Kaffee', serverOptions, clientOptions);
+}
+
+async function start(channel: vscode.LogOutputChannel): Promise<void> {
+    client = createClient(channel);
+    try {
+        await client.start();
+    } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        channel.error(`the server did not start: ${message}`);
+        const choice = await vscode.window.showErrorMessage(
+            `Kaffee: could not start the language server (${message}). ` +
+                'Is `kaffee` installed, or is `kaffee.server.path` set?',
+            'Open Settings',
+            'Show Log',
+        );
+        if (choice === 'Open Settings') {
+            await vscode.commands.executeCommand('workbench.action.openSettings', 'kaffee.server');
+        } else if (choice === 'Show Log') {
+            channel.show();
+        }
+    }
+}
+
+async function stop(): Promise<void> {
+    const running = client;
+    client = undefined;
+    if (running !== undefined && running.state !== State.Stopped) {
+        await running.stop();
+    }
+}
+
+async function restart(channel: vscode.LogOutputChannel): Promise<void> {
+    await stop();
+    await start(channel);
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+    const channel = vscode.window.createOutputChannel('Kaffee', { log: true });
+    context.subscriptions.push(
+        channel,
+        vscode.commands.registerCommand('kaffee.restartServer', () => restart(channel)),
+        vscode.commands.registerCommand('kaffee.showOutput', () => channel.show()),
+        vscode.workspace.onDidChangeConfiguration(async (event) => {
+            if (!event.affectsConfiguration(SECTION)) {
+                return;
+            }
+            if (RESTART_SETTINGS.some((key) => event.affectsConfiguration(`${SECTION}.${key}`))) {
+                await restart(channel);
+            } else if (client !== undefined && client.state === State.Running) {
+                // Same shape as initializationOptions, under the section name.
+                await client.sendNotification(DidChangeConfigurationNotification.type, {
+                    settings: { [SECTION]: serverOptionsFromSettings() },
+                });
+            }
+        }),
+        { dispose: () => void stop() },
+    );
+    await start(channel);
+}
+
+export async function deactivate(): Promise<void> {
+    await stop();
+}

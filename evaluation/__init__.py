@@ -1,0 +1,1 @@
+"""Evaluation harness: tasks, metrics, systems under test, reports."""

@@ -1,0 +1,1 @@
+"""Shipped model directories (package data)."""

@@ -1,0 +1,1 @@
+"""Completion engine and the pygls language server."""

@@ -1,0 +1,167 @@
+"""The model directory format (DESIGN.md "Model directory") and its safe, atomic I/O.
+
+A model directory holds ``config.json`` (with ``family``), ``model.safetensors`` (or
+shards ``model-00001-of-0000N.safetensors`` + ``model.safetensors.index.json``),
+``tokenizer.json`` and ``card.md``. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from kaffee.data.tokenizer import KaffeeTokenizer
+from kaffee.errors import KaffeeError
+from kaffee.training import families
+from kaffee.training.lm import LanguageModel
+
+FORMAT_VERSION = 1
+SHARD_BYTES = 15 * 1024 * 1024  # shards stay below 16 MiB so they fit transfer limits
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmpdir)`` then swap ``tmpdir`` into ``out``; a crash leaves ``out`` untouched."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], directory: Path, stem: str = "model") -> None:
+    """Write tensors as one safetensors file, or shards below SHARD_BYTES with an index."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / f"{stem}.safetensors"))
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / fname))
+        weight_map.update({k: fname for k in shard})
+    (directory / f"{stem}.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}, indent=1))
+
+
+def load_tensors(directory: Path, stem: str = "model") -> dict[str, torch.Tensor]:
+    single = directory / f"{stem}.safetensors"
+    index = directory / f"{stem}.safetensors.index.json"
+    try:
+        if single.is_file():
+            return load_file(str(single))
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            out: dict[str, torch.Tensor] = {}
+            for f in files:
+                if not (directory / f).is_file():
+                    raise KaffeeError(f"{directory} is incomplete: shard {f} is missing")
+                out.update(load_file(str(directory / f)))
+            return out
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise KaffeeError(f"{directory}: weights are corrupt or unreadable ({exc})") from exc
+    pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise KaffeeError(
+            f"{directory} holds {pickles[0]}, a pickle-based file; Kaffee only loads safetensors "
+            "(pickle files can run arbitrary code)"
+        )
+    raise KaffeeError(f"{directory} has no {stem}.safetensors")
+
+
+def save_model_dir(
+    out: Path,
+    model: LanguageModel,
+    tokenizer: KaffeeTokenizer,
+    card: str,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Atomically write a complete model directory."""
+    meta = {
+        "kaffee_format": FORMAT_VERSION,
+        "family": model.family,
+        "config": model.config_dict(),
+        "tokenizer_vocab_size": tokenizer.vocab_size,
+        **(extra or {}),
+    }
+    tensors = families.model_tensors(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+    def write(tmp: Path) -> None:
+        save_tensors(tensors, tmp)
+        tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "card.md").write_text(card)
+
+    atomic_dir(Path(out), write)
+
+
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise KaffeeError(f"model directory {model_dir} does not exist")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise KaffeeError(f"{model_dir} is not a Kaffee model directory (no config.json)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KaffeeError(f"{cfg_path} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or "family" not in meta or "config" not in meta:
+        raise KaffeeError(f"{cfg_path} is not a Kaffee config (needs 'family' and 'config')")
+    return meta
+
+
+def load_model(model_dir: str | Path, device: str = "cpu", expect_family: str | None = None) -> LanguageModel:
+    """Load a model directory; the result carries ``.tokenizer`` and ``.meta``."""
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    family = meta["family"]
+    if expect_family and family != expect_family:
+        raise KaffeeError(f"{model_dir} holds a {family} model, not {expect_family}")
+    fam = families.get_family(family)
+    try:
+        cfg = fam.config_cls(**meta["config"])
+    except TypeError as exc:
+        raise KaffeeError(f"{model_dir}/config.json does not fit the {family} config: {exc}") from exc
+    tokenizer = KaffeeTokenizer.from_file(model_dir / "tokenizer.json")
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise KaffeeError(
+            f"tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {cfg.vocab_size}: they do not belong together"
+        )
+    tensors = load_tensors(model_dir)
+    if family != "ngram":
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    model = families.from_tensors(family, cfg, tensors, device=device)
+    model.tokenizer = tokenizer
+    model.meta = meta
+    return model

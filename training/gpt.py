@@ -1,0 +1,133 @@
+"""`gpt` family: a Llama-style decoder-only transformer (RoPE, SwiGLU, RMSNorm) from `transformers`."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from kaffee.training.lm import DecodeState, LanguageModel
+
+# transformers 5.x renames `past_key_values` to `cache` with a FutureWarning; the old
+# name works on every version we support (>=4.45), so keep it and silence the notice.
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 16384  # tokenizer vocabulary (must match tokenizer.json)
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 8  # attention heads (head dim = n_embd / n_head)
+    n_embd: int = 512  # residual stream width
+    intermediate_size: int = 1536  # SwiGLU hidden width
+    block_size: int = 1024  # context length in tokens (RoPE, so longer contexts degrade gracefully)
+    rope_theta: float = 10000.0  # RoPE base frequency
+    dropout: float = 0.0  # attention dropout while training
+    tie_embeddings: bool = True  # share input embedding and output head (saves vocab * n_embd params)
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+PRESETS: dict[str, dict] = {
+    "nano": dict(n_layer=2, n_head=4, n_embd=64, intermediate_size=192, block_size=256),  # ~1M with 4k vocab; tests
+    "small": dict(n_layer=4, n_head=4, n_embd=256, intermediate_size=768, block_size=512),  # ~6.5M; CPU in an hour
+    "base": dict(n_layer=6, n_head=8, n_embd=512, intermediate_size=1536, block_size=1024),  # ~29M; GPU default
+}
+
+
+def hf_config(cfg: GPTConfig) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.block_size,
+        rope_theta=cfg.rope_theta,
+        attention_dropout=cfg.dropout,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+
+
+def build_module(cfg: GPTConfig) -> LlamaForCausalLM:
+    return LlamaForCausalLM(hf_config(cfg))
+
+
+def _crop_cache(cache: DynamicCache, n: int) -> None:
+    # A negative argument means "remove this many" on old and new transformers alike.
+    remove = cache.get_seq_length() - n
+    if remove > 0:
+        cache.crop(-remove)
+
+
+class GPTModel(LanguageModel):
+    family = "gpt"
+
+    def __init__(self, cfg: GPTConfig, module: LlamaForCausalLM):
+        self.cfg = cfg
+        self.module = module.eval()
+        self.vocab_size = cfg.vocab_size
+        self.max_context = cfg.block_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    @torch.inference_mode()
+    def next_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
+        width = max(len(c) for c in contexts)
+        ids = torch.zeros((len(contexts), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, c in enumerate(contexts):  # left-pad so the last position is the one we want
+            ids[i, width - len(c) :] = torch.tensor(c)
+            mask[i, width - len(c) :] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # RoPE positions as if unpadded
+        dev = self.device
+        logits = self.module(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev)).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, V)
+
+    @torch.inference_mode()
+    def sequence_logprobs(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], device=self.device)
+        logits = self.module(input_ids=x).logits[0, :-1].float()  # (T-1, V)
+        lp = torch.log_softmax(logits, dim=-1)
+        return lp.gather(1, x[0, 1:, None])[:, 0].cpu()
+
+    def new_state(self) -> DecodeState:
+        return DecodeState(ids=[], cache=DynamicCache())
+
+    @torch.inference_mode()
+    def advance(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+        if not ids:
+            raise ValueError("advance needs at least one token")
+        if len(state.ids) + len(ids) > self.max_context:
+            raise ValueError(f"context of {len(state.ids) + len(ids)} tokens exceeds the window {self.max_context}")
+        if state.cache is None:
+            state.cache = DynamicCache()
+        x = torch.tensor([ids], device=self.device)
+        out = self.module(input_ids=x, past_key_values=state.cache, use_cache=True)
+        state.cache = out.past_key_values
+        state.ids.extend(ids)
+        state.last_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+        return state.last_logprobs
+
+    def crop(self, state: DecodeState, n: int) -> None:
+        if state.cache is not None:
+            _crop_cache(state.cache, n)
+        del state.ids[n:]
+        state.last_logprobs = None
+
+    def clone_state(self, state: DecodeState) -> DecodeState:
+        return DecodeState(ids=list(state.ids), cache=copy.deepcopy(state.cache), last_logprobs=state.last_logprobs)

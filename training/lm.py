@@ -1,0 +1,89 @@
+"""The one interface every model family answers (gpt, lstm, ngram).
+
+The completion engine and the evaluation harness only talk to this class, so a
+family can be swapped without touching them. Token ids are plain ``list[int]``;
+log-probabilities are float32 torch tensors over the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DecodeState:
+    """Incremental decoding state: the ids consumed so far plus a family-specific cache.
+
+    gpt: a transformers KV cache; lstm: hidden states after each position; ngram: nothing
+    beyond ``ids``. ``last_logprobs`` is the next-token distribution after ``ids``
+    (None while ``ids`` is empty and nothing was computed yet).
+    """
+
+    ids: list[int] = field(default_factory=list)
+    cache: Any = None
+    last_logprobs: torch.Tensor | None = None  # (V,)
+
+
+class LanguageModel(ABC):
+    """A next-token model over BPE ids."""
+
+    family: str = "?"
+    vocab_size: int
+    max_context: int  # longest context (in tokens) the model can attend to
+    tokenizer = None  # KaffeeTokenizer; set by checkpoint.load_model
+    meta: dict = {}  # config.json of the model directory; set by checkpoint.load_model
+
+    @property
+    def supports_fim(self) -> bool:
+        """Trained with fill-in-the-middle samples, so a suffix can be given in the prompt."""
+        return float(self.meta.get("fim_rate", 0.0) or 0.0) > 0.0
+
+    def config_dict(self) -> dict:
+        raise NotImplementedError
+
+    @abstractmethod
+    def next_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
+        """Next-token log-probabilities after each context. Returns (B, V)."""
+
+    @abstractmethod
+    def sequence_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """log p(ids[i] | ids[:i]) for i >= 1, scoring a whole sequence. Returns (len(ids) - 1,)."""
+
+    def new_state(self) -> DecodeState:
+        return DecodeState()
+
+    @abstractmethod
+    def advance(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+        """Append ``ids`` to ``state`` (in place) and return the next-token log-probs (V,)."""
+
+    @abstractmethod
+    def crop(self, state: DecodeState, n: int) -> None:
+        """Keep only the first ``n`` consumed ids in ``state`` (in place)."""
+
+    @abstractmethod
+    def clone_state(self, state: DecodeState) -> DecodeState:
+        """An independent copy of ``state`` (for beams)."""
+
+    def sync(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+        """Make ``state`` hold exactly ``ids``, re-encoding only what differs.
+
+        Keeps the longest common prefix of ``state.ids`` and ``ids`` (KV-cache crop),
+        then extends with the rest. Returns next-token log-probs (V,) after ``ids``.
+        """
+        if not ids:
+            raise ValueError("sync needs at least one token of context")
+        common = 0
+        limit = min(len(state.ids), len(ids))
+        while common < limit and state.ids[common] == ids[common]:
+            common += 1
+        if common == len(ids) == len(state.ids) and state.last_logprobs is not None:
+            return state.last_logprobs
+        if common == len(ids):
+            common -= 1  # need the logits at the last position: recompute that one token
+        if common < len(state.ids):
+            self.crop(state, common)
+        return self.advance(state, ids[common:])
