@@ -30,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="kaffee 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in STAGE_CLIS:
-        importlib.import_module(module_name).register(sub)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a stage that is not installed in this build
+        module.register(sub)
     return parser
 
 

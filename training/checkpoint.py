@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.training import families
 from kaffee.training.lm import LanguageModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
 SHARD_BYTES = 15 * 1024 * 1024  # shards stay below 16 MiB so they fit transfer limits
@@ -103,6 +102,7 @@ def save_model_dir(
     card: str,
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    also: Callable[[Path], None] | None = None,
 ) -> None:
     """Atomically write a complete model directory."""
     meta = {
@@ -121,6 +121,8 @@ def save_model_dir(
         tokenizer.save(tmp / "tokenizer.json")
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         (tmp / "card.md").write_text(card)
+        if also is not None:
+            also(tmp)  # e.g. resumable training state, written into the same atomic swap
 
     atomic_dir(Path(out), write)
 

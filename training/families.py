@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from kaffee.errors import KaffeeError
 from kaffee.training import gpt, lstm, ngram
 from kaffee.training.lm import LanguageModel

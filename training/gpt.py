@@ -7,9 +7,8 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
-
 from kaffee.training.lm import DecodeState, LanguageModel
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 # transformers 5.x renames `past_key_values` to `cache` with a FutureWarning; the old
 # name works on every version we support (>=4.45), so keep it and silence the notice.

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
-
 from kaffee.training.lm import DecodeState, LanguageModel
+from torch import nn
 
 
 @dataclass

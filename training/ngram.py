@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-
 from kaffee.training.lm import DecodeState, LanguageModel
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier for the rolling history hash
