@@ -10,6 +10,7 @@ and are skipped when a previous run completed them (resumable).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 _TARBALL_RE = re.compile(r"\.tar\.(gz|xz|bz2|lzma|zst)$|\.tgz$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.+:~-]+$")
+
+
+def default_cache_dir() -> Path:
+    """$KAFFEE_CACHE_DIR, else $XDG_CACHE_HOME/kaffee, else ~/.cache/kaffee."""
+    if os.environ.get("KAFFEE_CACHE_DIR"):
+        return Path(os.environ["KAFFEE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaffee"
 
 
 @dataclass

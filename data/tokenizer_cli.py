@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, type=Path, help="where to write tokenizer.json")
     t.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size incl. special tokens (default 16384)")
     t.add_argument("--max-bytes", type=int, default=400_000_000, help="cap on training text bytes")
+    t.add_argument("--seed", type=int, default=0, help="seed of the file order (matters with --max-bytes)")
     t.set_defaults(func=run_train)
 
 
@@ -35,7 +36,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         raise KaffeeError("--vocab-size must be at least 300 (256 bytes + special tokens + merges)")
     train = split_of(load_corpus(args.corpus), "train")
-    texts = (row["text"] for row in train)
+    # a seeded shuffle, so that a --max-bytes cap samples every project rather than the first few
+    texts = (row["text"] for row in train.shuffle(seed=args.seed).flatten_indices(num_proc=1))
     tok = KaffeeTokenizer.train(texts, TokenizerTrainConfig(vocab_size=args.vocab_size, max_bytes=args.max_bytes))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -40,6 +40,7 @@ M.defaults = {
   },
   capabilities = nil, -- extra client capabilities, merged over Neovim's own
   on_attach = nil, -- function(client, bufnr) called after Kaffee's own attach steps
+  on_exit = nil, -- function(code, signal, client_id) called when the server process ends
   omnifunc = true, -- set 'omnifunc' to vim.lsp.omnifunc in attached buffers
   autocomplete = false, -- 0.11+: vim.lsp.completion.enable(..., { autotrigger = true })
   inline = true, -- 0.12+: vim.lsp.inline_completion.enable() (ghost text)
@@ -153,6 +154,7 @@ local function client_config(config, root_dir)
     settings = { kaffee = build_init_options(config) },
     capabilities = build_capabilities(config),
     on_attach = make_on_attach(config),
+    on_exit = config.on_exit,
   }
 end
 
@@ -182,6 +184,10 @@ end
 
 --- Start Kaffee for the configured filetypes. Call once, from init.lua.
 function M.setup(opts)
+  if not has("nvim-0.7") then
+    notify("needs Neovim 0.7 or newer", vim.log.levels.ERROR)
+    return
+  end
   opts = opts or {}
   check_types(opts, {
     name = "string",
@@ -193,6 +199,7 @@ function M.setup(opts)
     root_markers = "table",
     capabilities = "table",
     on_attach = "function",
+    on_exit = "function",
     omnifunc = "boolean",
     autocomplete = "boolean",
     inline = "boolean",
@@ -216,6 +223,15 @@ function M.setup(opts)
     client.root_markers = config.root_markers
     vim.lsp.config(config.name, client)
     vim.lsp.enable(config.name)
+    -- enable() attaches open buffers itself only after VimEnter; before it (setup()
+    -- from a -c command), replay FileType for its own autocommand group.
+    if vim.v.vim_did_enter ~= 1 then
+      for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+        if vim.api.nvim_buf_is_loaded(bufnr) and vim.tbl_contains(config.filetypes, vim.bo[bufnr].filetype) then
+          pcall(vim.api.nvim_exec_autocmds, "FileType", { group = "nvim.lsp.enable", buffer = bufnr })
+        end
+      end
+    end
     return
   end
 

@@ -150,7 +150,12 @@ async function stop(): Promise<void> {
     const running = client;
     client = undefined;
     if (running !== undefined && running.state !== State.Stopped) {
-        await running.stop();
+        try {
+            await running.stop();
+        } catch (error) {
+            // A server that does not answer `shutdown` in time is killed by the client.
+            running.outputChannel.warn(`stopping the server: ${String(error)}`);
+        }
     }
 }
 

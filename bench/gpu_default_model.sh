@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One GPU job (see README "Train the default model"): throughput benchmark, then the default
+# `gpt base` model and an LSTM baseline trained on the carried corpus export.
+#
+#   CARRY=runs/gpu-carry OUT=/some/dir GPT_MIN=4.5 LSTM_MIN=1 bench/gpu_default_model.sh
+#
+# CARRY holds train.jsonl.xz, valid.jsonl.xz and tokenizer.json (made by
+# `python -m kaffee.data.export` and `kaffee tokenizer train`). Everything the job writes
+# goes to $OUT as results.tar split into parts below 16 MiB (transfer limit).
+set -euo pipefail
+CARRY=${CARRY:-runs/gpu-carry}
+OUT=${OUT:?set OUT}
+GPT_MIN=${GPT_MIN:-4.5}        # wall-clock minutes for the gpt run (schedule sized from the benchmark)
+LSTM_MIN=${LSTM_MIN:-1}        # wall-clock minutes for the lstm baseline
+BATCH=${BATCH:-64}             # blocks of 1024 tokens per step
+BENCH_STEPS=${BENCH_STEPS:-15}
+PY=${PY:-python}
+WORK=$(mktemp -d)
+
+# No install step: make this checkout importable as `kaffee` (the repo root is the package).
+mkdir -p "$WORK/pkg" && ln -sfn "$PWD" "$WORK/pkg/kaffee"
+export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=true
+mkdir -p "$WORK/res"
+$PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" | tee "$WORK/res/env.txt"
+
+# 1. throughput of gpt base (tokens/s, MFU)
+# If torch.compile fails on this image, measure (and train) without it rather than lose the run.
+COMPILE_FLAG=""
+if ! $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 3 \
+     > "$WORK/res/throughput.txt" 2> "$WORK/res/throughput.err"; then
+  tail -5 "$WORK/res/throughput.err"; COMPILE_FLAG="--no-compile"
+  $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 2 \
+    --no-compile > "$WORK/res/throughput.txt"
+fi
+cat "$WORK/res/throughput.txt"
+TPS=$(grep '^{' "$WORK/res/throughput.txt" | tail -1 | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['tokens_per_s'])")
+
+# 2. gpt base: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
+STEPS=$($PY -c "print(max(50, int($TPS * $GPT_MIN * 60 * 0.9 / ($BATCH * 1024))))")
+echo "gpt: $STEPS steps at $TPS tokens/s" | tee -a "$WORK/res/env.txt"
+$PY -m kaffee train --family gpt --preset base --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
+  --out "$WORK/gpt" --max-steps "$STEPS" --max-minutes "$GPT_MIN" --batch-size "$BATCH" --lr 1.5e-3 \
+  --warmup-steps 100 --eval-interval 250 --save-interval 100000 --fim-rate 0.5 $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
+
+# 3. lstm baseline on the same data
+$PY -m kaffee train --family lstm --preset small --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
+  --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size 64 --lr 2e-3 --warmup-steps 100 \
+  --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile 2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
+
+# 4. ship weights as fp16 without the optimizer state, in parts below 16 MiB
+$PY - "$WORK" <<'PYEOF'
+import sys, torch
+from pathlib import Path
+from kaffee.training import checkpoint
+work = Path(sys.argv[1])
+for name in ("gpt", "lstm"):
+    m = checkpoint.load_model(work / name)
+    checkpoint.save_model_dir(work / "res" / name, m, m.tokenizer, (work / name / "card.md").read_text(),
+                              extra={k: v for k, v in m.meta.items() if k not in ("family", "config")}, dtype=torch.float16)
+    (work / "res" / name / "metrics.jsonl").write_text((work / name / "metrics.jsonl").read_text())
+PYEOF
+tar -C "$WORK/res" -cf - . | split -b 15M - "$OUT/results.tar.part-"
+ls -la "$OUT"
