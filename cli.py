@@ -33,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a stage that is not installed in this build
+            if exc.name == module_name:
+                continue  # a stage that is not part of this build
+            # one stage's missing dependency must not take the other commands down
+            logging.getLogger(__name__).debug("%s unavailable: %s", module_name, exc)
+            continue
         module.register(sub)
     return parser
 

@@ -21,19 +21,41 @@ WORK=$(mktemp -d)
 mkdir -p "$WORK/pkg" && ln -sfn "$PWD" "$WORK/pkg/kaffee"
 export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=true
 mkdir -p "$WORK/res"
+
+# Whatever happens below, send back what exists (logs, finished models) on exit.
+pack() {
+  $PY - "$WORK" <<'PYEOF' || true
+import sys, torch
+from pathlib import Path
+from kaffee.training import checkpoint
+work = Path(sys.argv[1])
+for name in ("gpt", "lstm"):
+    try:
+        m = checkpoint.load_model(work / name)
+        checkpoint.save_model_dir(work / "res" / name, m, m.tokenizer, (work / name / "card.md").read_text(),
+                                  extra={k: v for k, v in m.meta.items() if k not in ("family", "config")}, dtype=torch.float16)
+        (work / "res" / name / "metrics.jsonl").write_text((work / name / "metrics.jsonl").read_text())
+    except Exception as exc:
+        print(f"{name}: not packed ({exc})")
+PYEOF
+  tar -C "$WORK/res" -cf - . | split -b 15M - "$OUT/results.tar.part-"
+}
+trap pack EXIT
 $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" | tee "$WORK/res/env.txt"
 
 # 1. throughput of gpt base (tokens/s, MFU)
 # If torch.compile fails on this image, measure (and train) without it rather than lose the run.
 COMPILE_FLAG=""
-if ! $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 3 \
+if [ -n "${TPS:-}" ]; then
+  echo "benchmark skipped: TPS=$TPS given" > "$WORK/res/throughput.txt"
+elif ! $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 3 \
      > "$WORK/res/throughput.txt" 2> "$WORK/res/throughput.err"; then
   tail -5 "$WORK/res/throughput.err"; COMPILE_FLAG="--no-compile"
   $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 2 \
     --no-compile > "$WORK/res/throughput.txt"
 fi
 cat "$WORK/res/throughput.txt"
-TPS=$(grep '^{' "$WORK/res/throughput.txt" | tail -1 | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['tokens_per_s'])")
+[ -n "${TPS:-}" ] || TPS=$(grep '^{' "$WORK/res/throughput.txt" | tail -1 | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['tokens_per_s'])")
 
 # 2. gpt base: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
 STEPS=$($PY -c "print(max(50, int($TPS * $GPT_MIN * 60 * 0.9 / ($BATCH * 1024))))")
@@ -48,16 +70,4 @@ $PY -m kaffee train --family lstm --preset small --corpus "$CARRY/train.jsonl.xz
   --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile 2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
 
 # 4. ship weights as fp16 without the optimizer state, in parts below 16 MiB
-$PY - "$WORK" <<'PYEOF'
-import sys, torch
-from pathlib import Path
-from kaffee.training import checkpoint
-work = Path(sys.argv[1])
-for name in ("gpt", "lstm"):
-    m = checkpoint.load_model(work / name)
-    checkpoint.save_model_dir(work / "res" / name, m, m.tokenizer, (work / name / "card.md").read_text(),
-                              extra={k: v for k, v in m.meta.items() if k not in ("family", "config")}, dtype=torch.float16)
-    (work / "res" / name / "metrics.jsonl").write_text((work / name / "metrics.jsonl").read_text())
-PYEOF
-tar -C "$WORK/res" -cf - . | split -b 15M - "$OUT/results.tar.part-"
-ls -la "$OUT"
+echo "job done; packing results"

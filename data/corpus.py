@@ -16,6 +16,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -77,7 +78,9 @@ class BuildConfig:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(fcfg: filters.FilterConfig, mcfg: dedup.MinHashConfig) -> None:
+def _init_worker(fcfg: filters.FilterConfig, mcfg: dedup.MinHashConfig, in_pool: bool = False) -> None:
+    if in_pool:  # Ctrl-C is handled once, by the main process, which then terminates the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["filters"], _WORKER["signer"] = fcfg, dedup.Signer(mcfg)
 
 
@@ -216,7 +219,7 @@ def _process(sources: list[Source], cfg: BuildConfig, failed: list[dict[str, str
             bar.update(len(batch))
     else:
         with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(
-            cfg.num_proc, initializer=_init_worker, initargs=(cfg.filters, cfg.minhash)
+            cfg.num_proc, initializer=_init_worker, initargs=(cfg.filters, cfg.minhash, True)
         ) as pool:
             pending: collections.deque = collections.deque()
             for batch in batches:  # a bounded window keeps raw data from piling up in memory

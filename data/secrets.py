@@ -55,10 +55,11 @@ _WORDS = r"pass(?:word|wd|phrase)|passwd|(?<![\w$])pass|pwd|secret|api[_-]?key|a
 _VALUE = r'(?="(?P<v>(?:[^"\\\n]|\\.){4,300})")'
 NAMED_STRING = re.compile(
     rf'(?:(?:{_WORDS})s?\d*(?:"?\s*(?:=|:|\+=)|"\s*,)'  # assignment, JSON-ish key, quoted key then comma
-    rf'|(?:(?<![\w$])|(?<=set)|(?<=with))_?(?:{_WORDS})\s*\()'  # setter / builder call
+    rf'|(?:(?<![\w$])(?<!new )|(?<=set)|(?<=with))_?(?:{_WORDS})\s*\()'  # setter / builder call, not `new T(`
     rf"\s*{_VALUE}"
 )
-_WORD_LITERALS = ("pass", "pwd", "secret", "key", "token", "credential")
+_WORD_LITERALS = ("pass", "pwd", "secret", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key",
+                  "authkey", "auth_key", "auth-key", "privatekey", "private_key", "private-key", "token", "credential")
 # Values that are clearly not credentials: messages, property keys, placeholders, names.
 _BENIGN = re.compile(r"\s|[^\x00-\x7f]|\\u[0-9a-fA-F]{4}|\$\{|%[sdn]|\{\d\}|^<[^>]*>$|^\*+$|^[A-Z][A-Z0-9_]*$")
 _PATH_LIKE = re.compile(r"^[\w-]+(?:[./][\w-]+)+$")  # property keys, class names, paths, OIDs

@@ -9,7 +9,7 @@ from kaffee.data.split import SPLITS
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.1f} kB"
 
 
 def render(stats: dict[str, Any], path: str | os.PathLike[str], rows: int | None = None) -> str:

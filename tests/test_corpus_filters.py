@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from test_corpus_helpers import make_java
-
 from kaffee.data import secrets
 from kaffee.data.filters import FilterConfig, clean
+from test_corpus_helpers import make_java
 
 CFG = FilterConfig()
 GOOD = make_java(1)

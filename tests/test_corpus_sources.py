@@ -9,10 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_corpus_helpers import make_java, write_project
-
 from kaffee.data import sources
 from kaffee.data.sources import Limits, SourceError, find_jdk_src_zip, resolve_path
+from test_corpus_helpers import make_java, write_project
 
 
 def _files(src: sources.Source) -> list[sources.RawFile]:

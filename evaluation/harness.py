@@ -1,0 +1,447 @@
+"""Run systems x tasks on the same held-out positions; cache predictions; write the three reports.
+
+One run = one corpus split, one seed, the same sampled positions for every system.
+Every (system, task, position) prediction is appended to ``predictions.jsonl`` in the
+output directory as soon as it is made, so an interrupted run picks up where it
+stopped. A system that cannot be built, a task that cannot be prepared, or a request
+that fails is reported and the rest of the run goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kaffee.errors import KaffeeError
+from kaffee.evaluation.systems import (
+    RequestFailed,
+    System,
+    SystemSettings,
+    SystemUnavailable,
+    build_system,
+    parse_system_spec,
+)
+from kaffee.evaluation.task_base import HeldOut, Position, SourceFile, Task
+from kaffee.evaluation.tasks import DEFAULT_TASKS, get_task
+
+log = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+CACHE_FILE = "predictions.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """Everything that decides what a run measures (all of it goes into results.json)."""
+
+    out: str  # output directory (results.json, results.md, report.html, predictions.jsonl)
+    systems: list[str] = field(default_factory=list)  # system specs (see systems.SPEC_HELP)
+    corpus: str | None = None  # corpus directory (datasets save_to_disk + stats.json)
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # task names (see tasks.TASKS)
+    limit: int | None = None  # positions per task (None = all); same sample for every system
+    seed: int = 0  # sampling seed (positions and bootstrap)
+    split: str = "test"  # held-out split of the corpus
+    device: str = "cpu"  # torch device for model systems
+    lsp_timeout: float = 10.0  # seconds per LSP request before it counts as an error
+    lsp_start_timeout: float = 60.0  # seconds for an LSP server to answer `initialize`
+    lsp_init_options: dict | None = None  # initializationOptions sent to every lsp: system
+    codexglue_file: str | None = None  # CodeXGLUE javaCorpus line-completion JSON lines (codexglue-line)
+    typing_lines: int = 5  # code lines per typing-replay segment
+    progress: bool = True  # progress bar on stderr
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise KaffeeError(f"--limit must be at least 1 (got {self.limit})")
+        if self.typing_lines < 1:
+            raise KaffeeError("--typing-lines must be at least 1")
+        if self.lsp_timeout <= 0:
+            raise KaffeeError("--lsp-timeout must be positive")
+        if not self.tasks:
+            self.tasks = list(DEFAULT_TASKS)
+
+
+# -- corpus ---------------------------------------------------------------------------------------------
+
+
+def _load_dataset(corpus: Path):
+    if not corpus.exists():
+        raise KaffeeError(f"corpus directory {corpus} does not exist")
+    try:
+        from kaffee.data.corpus import load_corpus
+    except ImportError:
+        load_corpus = None
+    if load_corpus is not None:
+        return load_corpus(corpus)
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(corpus))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise KaffeeError(
+            f"{corpus} is not a corpus directory (datasets save_to_disk output): {exc}"
+        ) from exc
+
+
+def _split_rows(ds, split: str, corpus: Path):
+    try:
+        from kaffee.data.corpus import split_of
+    except ImportError:
+        split_of = None
+    if split_of is not None:
+        try:
+            return split_of(ds, split)
+        except KaffeeError as exc:
+            raise KaffeeError(f"corpus {corpus}: {exc}") from exc
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise KaffeeError(f"corpus {corpus} has no {split!r} split (has: {', '.join(ds)})")
+        return ds[split]
+    if "split" not in ds.column_names:
+        raise KaffeeError(f"corpus {corpus} has no 'split' column, so no {split!r} split")
+    idx = [i for i, s in enumerate(ds["split"]) if s == split]
+    if not idx:
+        present = sorted(set(ds["split"]))
+        raise KaffeeError(
+            f"corpus {corpus} has no {split!r} split (splits present: {', '.join(present) or 'none'}); "
+            "rebuild it with a test share, e.g. `kaffee corpus build ...`"
+        )
+    return ds.select(idx)
+
+
+def load_held_out(corpus: str | os.PathLike, split: str = "test") -> HeldOut:
+    """The corpus's held-out split as files sorted by (project, path)."""
+    path = Path(corpus)
+    part = _split_rows(_load_dataset(path), split, path)
+    if len(part) == 0:
+        raise KaffeeError(f"corpus {path}: the {split!r} split is empty")
+    cols = part.column_names
+    for needed in ("text", "path"):
+        if needed not in cols:
+            raise KaffeeError(f"corpus {path} lacks the {needed!r} column")
+    texts, paths = part["text"], part["path"]
+    projects = part["project"] if "project" in cols else ["?"] * len(texts)
+    shas = part["sha256"] if "sha256" in cols else [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (projects[i], paths[i], shas[i]))
+    files = [SourceFile(n, projects[i], paths[i], texts[i], shas[i]) for n, i in enumerate(order)]
+    return HeldOut(files)
+
+
+def train_texts(corpus: str | os.PathLike) -> Callable[[int], Iterator[str]]:
+    """``gen(max_files)``: up to ``max_files`` train-split texts spread evenly over the split (for mft)."""
+
+    def gen(max_files: int) -> Iterator[str]:
+        path = Path(corpus)
+        part = _split_rows(_load_dataset(path), "train", path)
+        n = len(part)
+        if n == 0:
+            return
+        step = max(1, n // max(1, max_files))
+        for i in range(0, n, step)[:max_files]:
+            yield part[i]["text"]
+
+    return gen
+
+
+# -- prediction cache -----------------------------------------------------------------------------------------
+
+
+class PredictionCache:
+    """Append-only JSON lines of finished predictions; a torn last line (killed run) is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, dict] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                        self.data[rec["k"]] = rec["o"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("a", encoding="utf-8")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._fh.write("\n")  # torn line from a killed run: start clean
+
+    def get(self, key: str) -> dict | None:
+        return self.data.get(key)
+
+    def put(self, key: str, out: dict) -> None:
+        self.data[key] = out
+        self._fh.write(json.dumps({"k": key, "o": out}, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# -- running ----------------------------------------------------------------------------------------------
+
+
+def _num(x: float | None) -> float | None:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return None
+    return round(float(x), 4)
+
+
+@dataclass
+class Problem:
+    where: str  # system label, task name or "corpus"
+    message: str
+
+
+class Evaluation:
+    """One run; ``run()`` returns the results dict (also written to ``out``)."""
+
+    def __init__(self, config: EvalConfig, systems: Sequence[System] | None = None):
+        self.config = config
+        self.out = Path(config.out)
+        self.prebuilt = list(systems or [])  # already-built systems (tests, API users)
+        self.problems: list[Problem] = []
+        self.notes: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+        self.distributions: dict[str, dict[str, dict[str, list[float]]]] = {}
+        self.system_info: list[dict[str, Any]] = []
+        self.sizes: dict[str, int] = {}
+
+    def _problem(self, where: str, message: str) -> None:
+        log.error("%s: %s", where, message)
+        self.problems.append(Problem(where, message))
+
+    # -- preparation ------------------------------------------------------------------------------------
+    def _tasks(self) -> list[Task]:
+        tasks: list[Task] = []
+        seen = set()
+        for name in self.config.tasks:
+            try:
+                task = get_task(
+                    name, codexglue_file=self.config.codexglue_file, typing_lines=self.config.typing_lines
+                )
+            except KaffeeError as exc:
+                self._problem(f"task {name}", str(exc))
+                continue
+            if task.name not in seen:
+                seen.add(task.name)
+                tasks.append(task)
+        return tasks
+
+    def _positions(self, tasks: list[Task], held: HeldOut | None) -> dict[str, list[Position]]:
+        out = {}
+        for task in tasks:
+            if task.uses_corpus and held is None:
+                if not self.config.corpus:
+                    self._problem(f"task {task.name}", "needs a corpus (--corpus DIR with a test split)")
+                continue  # else the corpus problem is already reported
+            try:
+                positions = task.positions(held, self.config.seed, self.config.limit)
+            except KaffeeError as exc:
+                self._problem(f"task {task.name}", str(exc))
+                continue
+            if not positions:
+                self._problem(
+                    f"task {task.name}", f"the {self.config.split} split has no positions for this task"
+                )
+                continue
+            out[task.name] = positions
+            self.sizes[task.name] = len(positions)
+            log.info("task %s: %d positions (seed %d)", task.name, len(positions), self.config.seed)
+            if self.config.limit is None and len(positions) > 20_000:
+                log.warning(
+                    "task %s has %d positions; --limit N makes a quicker run", task.name, len(positions)
+                )
+        return out
+
+    def _systems(self) -> Iterator[tuple[str, System | None]]:
+        """(spec text, system) pairs, built one at a time so only one model is in memory."""
+        for system in self.prebuilt:
+            yield system.label, system
+        settings = SystemSettings(
+            device=self.config.device,
+            lsp_timeout=self.config.lsp_timeout,
+            lsp_start_timeout=self.config.lsp_start_timeout,
+            lsp_init_options=self.config.lsp_init_options,
+        )
+        for text in self.config.systems if not self.prebuilt else []:
+            try:
+                spec = parse_system_spec(text)
+                train = train_texts(self.config.corpus) if self.config.corpus else None
+                log.info("loading system %s", spec.label)
+                yield text, build_system(spec, settings, train_texts=train)
+            except KaffeeError as exc:
+                self._problem(f"system {text}", str(exc))
+                self.system_info.append({"system": text, "spec": text, "status": f"failed: {exc}"})
+                yield text, None
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        held: HeldOut | None = None
+        if cfg.corpus:
+            try:
+                held = load_held_out(cfg.corpus, cfg.split)
+            except KaffeeError as exc:
+                self._problem("corpus", str(exc))
+        if not self.prebuilt and not cfg.systems:
+            raise KaffeeError("give at least one --system")
+        tasks = self._tasks()
+        positions = self._positions(tasks, held)
+        tasks = [t for t in tasks if t.name in positions]
+        if not tasks:
+            msgs = "; ".join(f"{p.where}: {p.message}" for p in self.problems) or "no task to run"
+            raise KaffeeError(f"nothing to evaluate: {msgs}")
+        self.held = held
+        self.out.mkdir(parents=True, exist_ok=True)
+        cache = PredictionCache(self.out / CACHE_FILE)
+        labels: set[str] = set()
+        try:
+            for spec_text, system in self._systems():
+                if system is None:
+                    continue
+                label = system.label
+                while label in labels:
+                    label += "'"
+                labels.add(label)
+                self.system_info.append(
+                    {"system": label, "spec": spec_text, "fingerprint": system.fingerprint(), "status": "ok"}
+                )
+                try:
+                    for task in tasks:
+                        if task.needs not in system.capabilities:
+                            self.notes.append(f"{label} does not do {task.name} (needs {task.needs})")
+                            continue
+                        self._run_task(system, label, task, positions[task.name], cache)
+                except SystemUnavailable as exc:
+                    self._problem(f"system {label}", str(exc))
+                    self.system_info[-1]["status"] = f"failed: {exc}"
+                finally:
+                    try:
+                        system.close()
+                    except Exception as exc:  # noqa: BLE001 - a failing close must not lose results
+                        log.warning("%s: close failed: %s", label, exc)
+        finally:
+            cache.close()
+        results = self.results()
+        from kaffee.evaluation.report import write_reports
+
+        write_reports(results, self.out)
+        return results
+
+    def _run_task(
+        self, system: System, label: str, task: Task, positions: list[Position], cache: PredictionCache
+    ) -> None:
+        prefix = f"{system.fingerprint()}|{task.name}|"
+        errors: dict[str, str] = {}
+        todo = [p for p in positions if cache.get(prefix + p.id) is None]
+        bar = None
+        if self.config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=len(positions),
+                initial=len(positions) - len(todo),
+                desc=f"{label[:40]} · {task.name}",
+                unit="pos",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+            )
+        current = None
+        held = self.held
+        try:
+            for pos in todo:
+                if held is not None and pos.file >= 0 and pos.file != current:
+                    f = held.files[pos.file]
+                    system.begin_file(f.project, f.path, held.workspace(pos.file))
+                    current = pos.file
+                try:
+                    out = task.predict(system, held, pos)
+                except RequestFailed as exc:
+                    errors[pos.id] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - a failing system must not end the run
+                    if not errors:
+                        log.exception("%s · %s: request failed at %s", label, task.name, pos.id)
+                    errors[pos.id] = f"{type(exc).__name__}: {exc}"
+                else:
+                    cache.put(prefix + pos.id, out)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        warning = system.health()
+        if warning:
+            self.notes.append(f"{label} · {task.name}: {warning}")
+        outputs = [cache.get(prefix + p.id) for p in positions]
+        request_errors = sum(int((o or {}).get("request_errors", 0)) for o in outputs)
+        if errors:
+            first = next(iter(errors.values()))
+            self.notes.append(
+                f"{label} · {task.name}: {len(errors)} of {len(positions)} positions failed (first: {first})"
+            )
+        outcome = task.aggregate(positions, outputs, self.config.seed)
+        for row in outcome.rows:
+            est = row.estimate
+            self.rows.append(
+                {
+                    "system": label,
+                    "task": task.name,
+                    "metric": row.metric,
+                    "slice": row.slice,
+                    "value": _num(est.value),
+                    "ci95": [_num(est.low), _num(est.high)],
+                    "n": est.n,
+                    "errors": len(errors) + request_errors if row.slice == "all" else None,
+                    "unit": row.unit,
+                    "higher_is_better": row.higher_is_better,
+                    "corpus": self.config.corpus if task.uses_corpus else self.config.codexglue_file,
+                    "split": self.config.split if task.uses_corpus else "codexglue",
+                    "seed": self.config.seed,
+                }
+            )
+        dists = {k: [round(float(v), 3) for v in vals] for k, vals in outcome.distributions.items()}
+        self.distributions.setdefault(label, {})[task.name] = dists
+
+    def results(self) -> dict[str, Any]:
+        cfg = self.config
+        held = getattr(self, "held", None)
+        corpus_info = None
+        if held is not None:
+            h = hashlib.sha256("\n".join(f.sha256 for f in held.files).encode()).hexdigest()[:16]
+            corpus_info = {
+                "path": cfg.corpus,
+                "split": cfg.split,
+                "files": len(held.files),
+                "projects": len({f.project for f in held.files}),
+                "characters": sum(len(f.text) for f in held.files),
+                "fingerprint": h,
+            }
+        return {
+            "kaffee_eval": RESULTS_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": asdict(cfg),
+            "corpus": corpus_info,
+            "seed": cfg.seed,
+            "positions": self.sizes,
+            "systems": self.system_info,
+            "results": self.rows,
+            "distributions": self.distributions,
+            "problems": [asdict(p) for p in self.problems],
+            "notes": self.notes,
+        }
+
+
+def run_evaluation(config: EvalConfig, systems: Sequence[System] | None = None) -> dict[str, Any]:
+    """Run ``config`` (or the given, already-built ``systems``) and write the reports; returns results."""
+    return Evaluation(config, systems).run()

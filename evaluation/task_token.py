@@ -1,0 +1,80 @@
+"""`token`: predict each whole Java token of held-out files from the text before it.
+
+The cursor sits just before a token (its leading whitespace typed); the rest of that
+line is not there yet, the lines after it are. A suggestion counts only when it is the
+whole token (every sub-word piece right). Top-1, top-5 and MRR@10, by token kind.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kaffee.evaluation.lexer import KINDS
+from kaffee.evaluation.metrics import mean_estimate, reciprocal_rank, top_k_hit
+from kaffee.evaluation.systems import System
+from kaffee.evaluation.task_base import (
+    HeldOut,
+    MetricRow,
+    Position,
+    Task,
+    TaskOutcome,
+    editor_context,
+    sample_units,
+    task_rng,
+)
+
+K = 10  # suggestions asked for (MRR@10)
+
+
+class TokenTask(Task):
+    name = "token"
+    summary = "next whole Java token: top-1, top-5, MRR@10, by kind"
+    needs = "next_tokens"
+    headline = ("top1", "top5", "mrr10")
+
+    def positions(self, held: HeldOut | None, seed: int, limit: int | None) -> list[Position]:
+        assert held is not None
+        out: list[Position] = []
+        for fi, ti in sample_units(held, task_rng(seed, self.name), limit, "token"):
+            tok = held.tokens(fi)[ti]
+            f = held.files[fi]
+            out.append(
+                Position(
+                    id=f"{f.sha256[:16]}:{tok.start}",
+                    file=fi,
+                    data={"offset": tok.start, "target": tok.text, "kind": tok.kind},
+                )
+            )
+        return out
+
+    def predict(self, system: System, held: HeldOut | None, pos: Position) -> dict[str, Any]:
+        assert held is not None
+        ctx = editor_context(held.files[pos.file], pos.data["offset"])
+        t0 = time.perf_counter()
+        ranked = system.next_tokens(ctx, k=K)
+        ms = (time.perf_counter() - t0) * 1000
+        return {"ranked": [str(t) for t in ranked[:K]], "ms": ms}
+
+    @staticmethod
+    def item_scores(target: str, ranked: list[str]) -> dict[str, float]:
+        return {
+            "top1": top_k_hit(target, ranked, 1),
+            "top5": top_k_hit(target, ranked, 5),
+            "mrr10": reciprocal_rank(target, ranked, K),
+        }
+
+    def aggregate(self, positions: list[Position], outputs: list[dict | None], seed: int) -> TaskOutcome:
+        items = []
+        for pos, out in zip(positions, outputs, strict=True):
+            ranked = out["ranked"] if out else []
+            items.append((pos.data["kind"], self.item_scores(pos.data["target"], ranked)))
+        rows: list[MetricRow] = []
+        for metric in self.headline:
+            rows.append(MetricRow(metric, mean_estimate([s[metric] for _, s in items], 100.0, seed)))
+            for kind in KINDS:
+                vals = [s[metric] for k, s in items if k == kind]
+                if vals:
+                    rows.append(MetricRow(metric, mean_estimate(vals, 100.0, seed), slice=f"kind={kind}"))
+        latency = [out["ms"] for out in outputs if out and "ms" in out]
+        return TaskOutcome(rows, {"latency_ms": latency})
