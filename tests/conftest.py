@@ -16,7 +16,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from java_samples import SAMPLES, training_texts  # noqa: E402
-
 from kaffee.data.tokenizer import KaffeeTokenizer, TokenizerTrainConfig  # noqa: E402
 from kaffee.training import checkpoint, families  # noqa: E402
 from kaffee.training.ngram import NgramCounts  # noqa: E402

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import typing
 import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 from kaffee.training.lm import DecodeState, LanguageModel
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+if typing.TYPE_CHECKING:  # imported where used: the modelling code costs ~130 MB of RSS
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 # transformers 5.x renames `past_key_values` to `cache` with a FutureWarning; the old
 # name works on every version we support (>=4.45), so keep it and silence the notice.
@@ -40,6 +43,8 @@ PRESETS: dict[str, dict] = {
 
 
 def hf_config(cfg: GPTConfig) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.n_embd,
@@ -58,6 +63,8 @@ def hf_config(cfg: GPTConfig) -> LlamaConfig:
 
 
 def build_module(cfg: GPTConfig) -> LlamaForCausalLM:
+    from transformers import LlamaForCausalLM
+
     return LlamaForCausalLM(hf_config(cfg))
 
 
@@ -105,6 +112,8 @@ class GPTModel(LanguageModel):
         return lp.gather(1, x[0, 1:, None])[:, 0].cpu()
 
     def new_state(self) -> DecodeState:
+        from transformers import DynamicCache
+
         return DecodeState(ids=[], cache=DynamicCache())
 
     @torch.inference_mode()
@@ -114,7 +123,7 @@ class GPTModel(LanguageModel):
         if len(state.ids) + len(ids) > self.max_context:
             raise ValueError(f"context of {len(state.ids) + len(ids)} tokens exceeds the window {self.max_context}")
         if state.cache is None:
-            state.cache = DynamicCache()
+            state.cache = self.new_state().cache
         x = torch.tensor([ids], device=self.device)
         out = self.module(input_ids=x, past_key_values=state.cache, use_cache=True)
         state.cache = out.past_key_values

@@ -1,0 +1,361 @@
+"""Typing replay over LSP: inline-completion latency and keystrokes saved, engine vs naive baseline.
+
+Starts the real ``kaffee serve`` as a subprocess, opens a real Java file with a region
+cut out, types that region back character by character as an editor would (one
+``didChange`` per keystroke) and asks for inline completion after every Java token.
+A suggestion that matches the text that follows is accepted (one keystroke, like Tab).
+Run once with the engine and once with the naive baseline (``generate`` on the full
+re-encoded context per request, same model) and print both as a Markdown table.
+
+    python bench/latency.py path/To.java --model models/default
+    python bench/latency.py --corpus runs/corpus --model models/default --chars 3000
+
+Latency is the client's round trip per request (what an editor waits for), measured
+after a warm-up request so model loading is not counted. Numbers, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kaffee.errors import KaffeeError
+from kaffee.server.java_tokens import lex
+
+
+@dataclass
+class ReplayConfig:
+    model: Path  # model directory served by `kaffee serve`
+    text: str  # the Java file
+    name: str  # where it came from (for the report)
+    start: int  # offset where typing starts
+    end: int  # offset where typing stops
+    deadline_ms: int = 10_000  # server deadline per request (large: measure the work, not the cut-off)
+    max_requests: int | None = None  # stop a run after this many completion requests
+    device: str = "cpu"  # server device
+    engine_options: list[str] = field(default_factory=list)  # extra --engine-option KEY=VALUE for both runs
+    server_log: Path | None = None  # server log file (default: discarded)
+
+
+@dataclass
+class ReplayResult:
+    mode: str  # engine | naive
+    latencies_ms: list[float]  # per inline request, client round trip
+    typed: int  # characters of the region
+    keystrokes: int  # keystrokes spent (typed characters + one per accepted suggestion)
+    accepted: int  # suggestions accepted
+    accepted_chars: int  # characters those suggestions inserted
+    elapsed_s: float  # wall time of the whole replay
+
+    @property
+    def saved_pct(self) -> float:
+        return 100.0 * (self.typed - self.keystrokes) / max(1, self.typed)
+
+    def pct(self, q: float) -> float:
+        xs = sorted(self.latencies_ms)
+        if not xs:
+            return float("nan")
+        return xs[min(len(xs) - 1, int(round(q / 100.0 * (len(xs) - 1))))]
+
+
+class LspProcess:
+    """A blocking JSON-RPC client over a server subprocess' stdio."""
+
+    def __init__(self, cmd: list[str], log: Path | None):
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab") if log else subprocess.DEVNULL,  # noqa: SIM115 - lives as long as the process
+        )
+        self.inbox: queue.Queue = queue.Queue()
+        self._next_id = 0
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self) -> None:
+        out = self.proc.stdout
+        while True:
+            length = None
+            while True:
+                line = out.readline()
+                if not line:
+                    self.inbox.put(None)
+                    return
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                elif line.strip() == b"" and length is not None:
+                    break
+            self.inbox.put(json.loads(out.read(length)))
+
+    def _send(self, payload: dict) -> None:
+        body = json.dumps({"jsonrpc": "2.0", **payload}).encode()
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.proc.stdin.flush()
+
+    def notify(self, method: str, params: dict) -> None:
+        self._send({"method": method, "params": params})
+
+    def request(self, method: str, params: dict | None, timeout: float = 600) -> dict:
+        self._next_id += 1
+        msg_id = self._next_id
+        self._send({"id": msg_id, "method": method, "params": params})
+        end = time.monotonic() + timeout
+        while True:
+            msg = self.inbox.get(timeout=max(0.001, end - time.monotonic()))
+            if msg is None:
+                raise KaffeeError(f"the server exited (code {self.proc.poll()}) during {method}")
+            if msg.get("id") == msg_id and "method" not in msg:
+                if "error" in msg:
+                    raise KaffeeError(f"{method} failed: {msg['error']}")
+                return msg.get("result")
+
+    def close(self) -> None:
+        try:
+            self.request("shutdown", None, timeout=30)
+            self.notify("exit", {})
+            self.proc.wait(30)
+        except Exception:
+            self.proc.kill()
+
+
+def utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+def position(text: str, offset: int) -> dict:
+    line = text.count("\n", 0, offset)
+    start = text.rfind("\n", 0, offset) + 1
+    return {"line": line, "character": utf16_len(text[start:offset])}
+
+
+def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
+    options = list(cfg.engine_options) + (["naive=true"] if mode == "naive" else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "kaffee",
+        "serve",
+        "--model",
+        str(cfg.model),
+        "--device",
+        cfg.device,
+        "--log-level",
+        "info",
+    ]
+    for opt in options:
+        cmd += ["--engine-option", opt]
+    server = LspProcess(cmd, cfg.server_log)
+    uri = Path("/tmp/kaffee-bench/Replay.java").as_uri()
+    region = cfg.text[cfg.start : cfg.end]
+    doc = cfg.text[: cfg.start] + cfg.text[cfg.end :]
+    # request after the last character of every Java token of the region
+    ends = {t.end for t in lex(region)}
+    try:
+        server.request(
+            "initialize",
+            {
+                "processId": None,
+                "rootUri": None,
+                "capabilities": {},
+                "initializationOptions": {"deadlineMs": cfg.deadline_ms, "device": cfg.device},
+            },
+        )
+        server.notify("initialized", {})
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": uri, "languageId": "java", "version": 1, "text": doc}},
+        )
+        params = {
+            "textDocument": {"uri": uri},
+            "position": position(doc, cfg.start),
+            "context": {"triggerKind": 2},
+        }
+        server.request("textDocument/inlineCompletion", params)  # warm-up: model load, first encode
+        version, cursor, i = 1, cfg.start, 0
+        latencies: list[float] = []
+        keystrokes = accepted = accepted_chars = 0
+        t_start = time.monotonic()
+        while i < len(region):
+            if cfg.max_requests is not None and len(latencies) >= cfg.max_requests:
+                break
+            ch = region[i]
+            pos = position(doc, cursor)
+            version += 1
+            server.notify(
+                "textDocument/didChange",
+                {
+                    "textDocument": {"uri": uri, "version": version},
+                    "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch}],
+                },
+            )
+            doc = doc[:cursor] + ch + doc[cursor:]
+            cursor += 1
+            i += 1
+            keystrokes += 1
+            if i not in ends:
+                continue
+            params = {
+                "textDocument": {"uri": uri},
+                "position": position(doc, cursor),
+                "context": {"triggerKind": 2},
+            }
+            t0 = time.perf_counter()
+            result = server.request("textDocument/inlineCompletion", params)
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            items = (result or {}).get("items") or []
+            suggestion = items[0]["insertText"] if items else ""
+            if suggestion and region.startswith(suggestion, i):
+                pos = position(doc, cursor)
+                version += 1
+                server.notify(
+                    "textDocument/didChange",
+                    {
+                        "textDocument": {"uri": uri, "version": version},
+                        "contentChanges": [{"range": {"start": pos, "end": pos}, "text": suggestion}],
+                    },
+                )
+                doc = doc[:cursor] + suggestion + doc[cursor:]
+                cursor += len(suggestion)
+                i += len(suggestion)
+                keystrokes += 1
+                accepted += 1
+                accepted_chars += len(suggestion)
+        typed = i
+        return ReplayResult(
+            mode, latencies, typed, keystrokes, accepted, accepted_chars, time.monotonic() - t_start
+        )
+    finally:
+        server.close()
+
+
+def pick_file(args: argparse.Namespace) -> tuple[str, str]:
+    if args.file is not None:
+        data = args.file.read_bytes()
+        return data.decode("utf-8", errors="replace"), str(args.file)
+    if args.corpus is None:
+        raise KaffeeError("give a Java FILE or --corpus DIR (its test split is used)")
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(args.corpus))
+    test = ds.filter(lambda r: r["split"] == "test")
+    if len(test) == 0:
+        raise KaffeeError(f"{args.corpus} has no test split")
+    candidates = [
+        r for r in test.select(range(min(len(test), 2000))) if 4000 <= len(r["text"]) <= 40000
+    ] or list(test)
+    row = candidates[args.seed % len(candidates)]
+    return row["text"], f"{args.corpus}:{row['project']}/{row['path']}"
+
+
+def choose_region(text: str, start_frac: float, chars: int) -> tuple[int, int]:
+    """Start at a line start ``start_frac`` into the file; type ``chars`` characters up to a line end."""
+    start = text.rfind("\n", 0, int(len(text) * start_frac)) + 1
+    end = min(len(text), start + chars)
+    nl = text.rfind("\n", start, end)
+    return start, (nl + 1 if nl > start else end)
+
+
+def report(cfg: ReplayConfig, results: list[ReplayResult]) -> str:
+    lines = [
+        f"typing replay of {cfg.name} (chars {cfg.start}-{cfg.end}), model {cfg.model}, {platform.machine()} "
+        f"{platform.processor() or ''} python {platform.python_version()}",
+        "",
+        "| mode | requests | p50 ms | p95 ms | mean ms | max ms | keystrokes saved | accepted |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        mean = statistics.fmean(r.latencies_ms) if r.latencies_ms else float("nan")
+        mx = max(r.latencies_ms) if r.latencies_ms else float("nan")
+        lines.append(
+            f"| {r.mode} | {len(r.latencies_ms)} | {r.pct(50):.1f} | {r.pct(95):.1f} | {mean:.1f} | {mx:.1f} "
+            f"| {r.saved_pct:.1f}% of {r.typed} chars | {r.accepted} ({r.accepted_chars} chars) |"
+        )
+    by = {r.mode: r for r in results}
+    if "engine" in by and "naive" in by and by["engine"].latencies_ms:
+        e, n = by["engine"], by["naive"]
+        lines += [
+            "",
+            f"speed-up over naive: p50 {n.pct(50) / e.pct(50):.1f}x, p95 {n.pct(95) / e.pct(95):.1f}x",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "file", nargs="?", type=Path, help="Java file to replay (default: one from --corpus's test split)"
+    )
+    p.add_argument(
+        "--corpus", type=Path, help="corpus directory; a test-split file is replayed when no FILE is given"
+    )
+    p.add_argument("--seed", type=int, default=0, help="which test-split file to pick")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled model)")
+    p.add_argument(
+        "--start-frac", type=float, default=0.4, help="where typing starts, as a fraction of the file"
+    )
+    p.add_argument("--chars", type=int, default=2000, help="how many characters to type")
+    p.add_argument("--modes", default="engine,naive", help="comma-separated: engine, naive")
+    p.add_argument("--max-requests", type=int, default=None, help="cap on requests per mode (naive is slow)")
+    p.add_argument("--naive-max-requests", type=int, default=150, help="cap for the naive mode (default 150)")
+    p.add_argument("--deadline-ms", type=int, default=10_000, help="server deadline per request")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument(
+        "--engine-option", action="append", default=[], metavar="KEY=VALUE", help="passed to kaffee serve"
+    )
+    p.add_argument("--server-log", type=Path, default=None, help="append the server's log here")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw latencies here")
+    args = p.parse_args(argv)
+    try:
+        model = args.model
+        if model is None:
+            from kaffee.models import default_model_dir
+
+            model = default_model_dir()
+        text, name = pick_file(args)
+        start, end = choose_region(text, args.start_frac, args.chars)
+        cfg = ReplayConfig(
+            model,
+            text,
+            name,
+            start,
+            end,
+            args.deadline_ms,
+            args.max_requests,
+            args.device,
+            args.engine_option,
+            args.server_log,
+        )
+        results = []
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            if mode not in ("engine", "naive"):
+                raise KaffeeError(f"unknown mode {mode!r}: use engine and/or naive")
+            run_cfg = cfg
+            if mode == "naive" and args.naive_max_requests:
+                run_cfg = ReplayConfig(
+                    **{
+                        **cfg.__dict__,
+                        "max_requests": min(args.naive_max_requests, args.max_requests or 10**9),
+                    }
+                )
+            print(f"replaying with {mode} ...", file=sys.stderr, flush=True)
+            results.append(replay(run_cfg, mode))
+    except KaffeeError as exc:
+        print(f"latency: error: {exc}", file=sys.stderr)
+        return 1
+    print(report(cfg, results))
+    if args.json:
+        args.json.write_text(json.dumps({r.mode: r.latencies_ms for r in results}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""``kaffee serve`` (the language server) and ``kaffee complete FILE:LINE:COL`` (one-shot suggestions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kaffee.errors import KaffeeError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def register(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the language server (LSP over stdio, or TCP)",
+        description="Run the Kaffee language server. Logs go to stderr (or --log-file), never stdout.",
+    )
+    serve.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the bundled model)"
+    )
+    serve.add_argument(
+        "--device", default=None, choices=("cpu", "cuda", "auto"), help="where the model runs (default cpu)"
+    )
+    serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1: loopback only)"
+    )
+    serve.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
+    serve.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity"
+    )
+    serve.add_argument(
+        "--log-file", type=Path, default=None, help="append logs to this file instead of stderr"
+    )
+    serve.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an EngineOptions field, e.g. speculate=0, quantize=none, naive=true (repeatable)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    complete = subparsers.add_parser(
+        "complete",
+        help="print the suggestions the server would give at FILE:LINE:COL",
+        description="Print the next-token list and the line/block suggestion at a spot of a file. "
+        "LINE and COL are 1-based, as editors show them (COL counts characters).",
+    )
+    complete.add_argument("spot", metavar="FILE:LINE:COL", help="e.g. src/Main.java:12:17")
+    complete.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the bundled model)"
+    )
+    complete.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the model runs"
+    )
+    complete.add_argument("-k", type=int, default=10, help="how many next tokens to list (default 10)")
+    complete.add_argument(
+        "--max-lines", type=int, default=8, help="longest block suggestion in lines (default 8)"
+    )
+    complete.add_argument("--json", action="store_true", help="print JSON for scripts")
+    complete.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    complete.add_argument(
+        "--engine-option", action="append", default=[], metavar="KEY=VALUE", help="set an EngineOptions field"
+    )
+    complete.set_defaults(func=cmd_complete)
+
+
+def parse_engine_options(pairs: list[str], **base):
+    """EngineOptions from ``KEY=VALUE`` strings, each converted to the field's type."""
+    from dataclasses import fields
+
+    from kaffee.server.engine import EngineOptions
+
+    known = {f.name: f for f in fields(EngineOptions) if f.name != "cache"}
+    values = dict(base)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise KaffeeError(
+                f"--engine-option {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}"
+            )
+        default = getattr(EngineOptions(), key)
+        raw = raw.strip()
+        try:
+            if raw.lower() in ("none", "null") and key == "deadline_ms":
+                value = None
+            elif isinstance(default, bool):
+                if raw.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("1", "true", "on", "yes")
+            elif isinstance(default, int):
+                value = int(raw)
+            elif isinstance(default, float) or key == "deadline_ms":
+                value = float(raw)
+            else:
+                value = raw
+        except ValueError as exc:
+            raise KaffeeError(
+                f"--engine-option {pair!r}: {raw!r} is not a valid {type(default).__name__}"
+            ) from exc
+        values[key] = value
+    return EngineOptions(**values)
+
+
+def setup_logging(level: str, log_file: Path | None) -> None:
+    """Send every log record to stderr or ``log_file``; pygls' chatter only at debug level."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    if level.lower() != "debug":
+        logging.getLogger("pygls").setLevel(logging.WARNING)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_file)
+    # The protocol owns the real stdout; anything printed by accident goes to stderr.
+    stdout = sys.stdout.buffer
+    sys.stdout = sys.stderr
+    from kaffee.server.lsp import build_server
+
+    # KAFFEE_STEP_DELAY_MS: a testing aid that makes every model call slow (cancellation tests).
+    delay = float(os.environ.get("KAFFEE_STEP_DELAY_MS", "0") or 0)
+    options = parse_engine_options(args.engine_option, step_delay_ms=delay)
+    server = build_server(model_dir=args.model, device=args.device, engine_options=options)
+    log = logging.getLogger("kaffee.server")
+    if args.tcp:
+        log.info("listening on %s:%d", args.host, args.port)
+        server.start_tcp(args.host, args.port)
+    else:
+        server.start_io(sys.stdin.buffer, stdout)
+    code = 0 if server.protocol._shutdown else 1
+    log.info("server stopped (exit code %d)", code)
+    logging.shutdown()
+    os._exit(code)  # stdin reader threads may still block; the protocol is over
+
+
+def parse_spot(spot: str) -> tuple[Path, int, int]:
+    """``FILE:LINE:COL`` (the file name may itself contain colons)."""
+    parts = spot.rsplit(":", 2)
+    if len(parts) != 3:
+        raise KaffeeError(f"expected FILE:LINE:COL, got {spot!r}")
+    path, line, col = parts
+    try:
+        line_n, col_n = int(line), int(col)
+    except ValueError as exc:
+        raise KaffeeError(f"LINE and COL must be numbers in {spot!r}") from exc
+    if line_n < 1 or col_n < 1:
+        raise KaffeeError(f"LINE and COL are 1-based, got {line_n}:{col_n}")
+    return Path(path), line_n, col_n
+
+
+def read_source(path: Path) -> str:
+    if not path.is_file():
+        raise KaffeeError(f"{path} is not a readable file")
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise KaffeeError(f"{path} looks binary (it holds NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        logging.getLogger(__name__).warning("%s is not valid UTF-8; undecodable bytes replaced", path)
+        return data.decode("utf-8", errors="replace")
+
+
+def cursor_offset(text: str, line: int, col: int) -> int:
+    """Offset of 1-based LINE:COL (COL in characters), clamped to the line and the file."""
+    from kaffee.server.documents import Document
+
+    return Document("file", text).offset_at(line - 1, col - 1, encoding="utf-32")
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, None)
+    path, line, col = parse_spot(args.spot)
+    options = parse_engine_options(args.engine_option, max_lines=max(1, args.max_lines))
+    text = read_source(path)
+    offset = cursor_offset(text, line, col)
+    from kaffee.server.engine import CompletionEngine
+
+    model_dir = args.model
+    if model_dir is None:
+        from kaffee.models import default_model_dir
+
+        model_dir = default_model_dir()
+    engine = CompletionEngine.from_model_dir(model_dir, options, device=args.device)
+    engine.update_document(path.resolve().as_uri(), text)
+    engine.cache.refresh(wait=True)
+    prefix, suffix = text[:offset], text[offset:]
+    tokens = engine.next_tokens(prefix, suffix, k=max(1, args.k))
+    completion = engine.complete(prefix, suffix)
+    if args.json:
+        out = {
+            "file": str(path),
+            "line": line,
+            "column": col,
+            "model": str(model_dir),
+            "degraded": engine.stats.fallback_reason,
+            "tokens": [
+                {"text": t.text, "logprob": round(t.logprob, 4), "attached": t.attached} for t in tokens
+            ],
+            "completion": {
+                "text": completion.text,
+                "stop_reason": completion.stop_reason,
+                "tokens": completion.tokens,
+                "elapsed_ms": round(completion.elapsed_ms, 1),
+            },
+        }
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{path}:{line}:{col}  (model {model_dir}{', n-gram fallback' if engine.degraded else ''})")
+    print("next tokens:")
+    for i, t in enumerate(tokens, 1):
+        note = "  (completes the word at the cursor)" if t.attached else ""
+        print(f"  {i:2d}. {t.text!r:30} p={pow(2.718281828, t.logprob):.3f}{note}")
+    if not tokens:
+        print("  (none)")
+    kind = "block" if "\n" in completion.text else "line"
+    print(f"{kind} ({completion.stop_reason}, {completion.tokens} tokens, {completion.elapsed_ms:.0f} ms):")
+    if completion.text:
+        for ln in completion.text.split("\n"):
+            print(f"  | {ln}")
+    else:
+        print("  (nothing to suggest)")
+    return 0

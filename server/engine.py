@@ -1,0 +1,510 @@
+"""The completion engine: one object shared by the language server and the evaluation harness.
+
+It answers two questions for a cursor (text before it, text after it): the ranked next
+whole Java tokens (:meth:`CompletionEngine.next_tokens`) and the rest of the line or
+block (:meth:`CompletionEngine.complete`). No LSP in here.
+
+Speed comes from reuse: a few decode states (one per recently used document, picked by
+longest shared prefix) whose KV cache is cropped and extended so a request re-encodes
+only what changed; decoding stops at the stop rule; prompt-lookup drafts are verified
+several tokens per forward; and while the user types through a suggestion, its rest is
+answered without the model. The model is not re-entrant, so one lock guards it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from kaffee.data.tokenizer import KaffeeTokenizer
+from kaffee.errors import KaffeeError
+from kaffee.server.cache import CacheConfig, WorkspaceCache
+from kaffee.server.context import (
+    PrefixEncoder,
+    Prompt,
+    block_context,
+    build_prompt,
+    current_line_prefix,
+    current_line_suffix,
+    detect_indent,
+)
+from kaffee.server.decode import Generation, Runner, Vocab, greedy, token_beam
+from kaffee.server.fastgpt import QUANTIZE_MODES, FastGPT
+from kaffee.server.java_tokens import trailing_word
+from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
+from kaffee.training.gpt import GPTModel
+from kaffee.training.lm import DecodeState, LanguageModel
+from kaffee.training.ngram import NgramConfig, NgramCounts, NgramModel
+
+log = logging.getLogger(__name__)
+
+NATURAL_STOPS = frozenset(("newline", "suffix", "block_end", "dedent", "max_lines", "eos"))
+
+
+@dataclass
+class EngineOptions:
+    max_lines: int = 8  # most lines of a block suggestion (1: never suggest blocks)
+    deadline_ms: float | None = None  # time budget of a request that brings no deadline (None: unlimited)
+    workspace_cache: bool = (
+        True  # mix an n-gram cache over the workspace files into the model (see CacheConfig)
+    )
+    fim: bool = False  # fill-in-the-middle prompt when the model was trained for it (off: it measured worse)
+    max_new_tokens: int = 32  # most tokens generated for one line
+    max_new_tokens_block: int = 160  # most tokens generated for a block
+    context_tokens: int = 1024  # prompt budget in tokens (also capped by the model's window)
+    suffix_tokens: int = 32  # tokens of text after the cursor in a FIM prompt (re-encoded per request)
+    token_healing: bool = True  # back off the prompt's last pre-token and constrain the continuation to it
+    speculate: int = 8  # longest prompt-lookup draft verified per forward (0: off)
+    beam_width: int = 8  # beam over sub-word pieces for next_tokens
+    token_max_pieces: int = 6  # longest whole token, in sub-word pieces, the beam explores
+    reuse_previous: bool = True  # answer from the last suggestion while the user types through it
+    states: int = 2  # decode states kept (one per recently used document; ~25 MB each for the default model)
+    quantize: str = "auto"  # gpt weights: auto (int8 on CPU), none, bf16, int8
+    threads: int = 1  # torch CPU threads (0: torch's default); 1 avoids contention with the server
+    naive: bool = False  # baseline: `generate` on the full re-encoded context per request, no reuse
+    step_delay_ms: float = 0.0  # testing aid: sleep this long before every model call (a slow model)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # workspace cache settings
+
+    def __post_init__(self) -> None:
+        if self.max_lines < 1:
+            raise KaffeeError(f"max_lines must be >= 1, not {self.max_lines}")
+        if self.deadline_ms is not None and self.deadline_ms <= 0:
+            raise KaffeeError(f"deadline_ms must be positive, not {self.deadline_ms}")
+        if self.max_new_tokens < 1 or self.max_new_tokens_block < 1:
+            raise KaffeeError("max_new_tokens must be >= 1")
+        if self.quantize not in ("auto", *QUANTIZE_MODES):
+            raise KaffeeError(
+                f"quantize must be one of auto, {', '.join(QUANTIZE_MODES)}; not {self.quantize!r}"
+            )
+        if self.states < 1:
+            raise KaffeeError("states must be >= 1")
+
+
+@dataclass
+class TokenSuggestion:
+    text: str  # a whole Java token, no leading whitespace
+    logprob: float  # log-probability of that token at the cursor
+    attached: bool = False  # it continues the word ending at the cursor; text includes that word
+
+
+@dataclass
+class Completion:
+    text: str  # what to insert at the cursor ("" when there is nothing to suggest)
+    stop_reason: (
+        str  # newline, suffix, block_end, dedent, max_lines, eos, length, deadline, cancelled, reuse, error
+    )
+    tokens: int  # tokens generated for it
+    elapsed_ms: float  # wall time of the call, lock wait included
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0  # calls answered
+    reused: int = 0  # complete() answers taken from the previous suggestion
+    drafted: int = 0  # prompt-lookup draft tokens proposed
+    accepted: int = 0  # draft tokens the model confirmed
+    fallback_reason: str | None = None  # why the engine answers from the n-gram model, if it does
+
+
+@dataclass
+class _Previous:
+    prefix: str
+    suffix: str
+    text: str
+    ids: list[int]
+
+
+class CompletionEngine:
+    """Ranked next tokens and line/block suggestions at a cursor, from one language model."""
+
+    def __init__(
+        self,
+        model: LanguageModel | None,
+        options: EngineOptions | None = None,
+        fallback: LanguageModel | None = None,
+        tokenizer: KaffeeTokenizer | None = None,
+    ):
+        self.options = options or EngineOptions()
+        if self.options.threads > 0:
+            torch.set_num_threads(self.options.threads)
+        self.neural = model
+        self.tokenizer = (
+            tokenizer or getattr(model, "tokenizer", None) or getattr(fallback, "tokenizer", None)
+        )
+        if self.tokenizer is None:
+            raise KaffeeError("the engine needs a tokenizer (the model directory's tokenizer.json)")
+        self.vocab = Vocab(self.tokenizer)
+        self.encoder = PrefixEncoder(self.tokenizer)
+        self.cache = WorkspaceCache(self.tokenizer, self.options.cache)
+        self._fallback = fallback
+        self._fallback_built_at = -1
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._states: list[DecodeState] = []
+        self._previous: _Previous | None = None
+        self.model: LanguageModel | None = None
+        if model is not None:
+            self.model = self._accelerate(model)
+        else:
+            self.stats.fallback_reason = "no neural model"
+        self.runner = self._runner(self.model) if self.model is not None else None
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_model_dir(
+        cls,
+        path: str | Path,
+        options: EngineOptions | None = None,
+        device: str = "cpu",
+        fallback_dir: str | Path | None = None,
+    ) -> CompletionEngine:
+        """Load a model directory; if that fails, answer from an n-gram model and log why once."""
+        from kaffee.training.checkpoint import load_model, read_meta
+
+        path = Path(path)
+        device = resolve_device(device)
+        fallback = None
+        if fallback_dir is not None:
+            try:
+                fallback = load_model(fallback_dir, device="cpu")
+            except Exception as exc:
+                log.error("cannot load the fallback model %s: %s", fallback_dir, exc)
+        try:
+            options = options or EngineOptions()
+            if read_meta(path)["family"] == "gpt" and not options.naive:
+                # straight into the fast decoder: no transformers import, no fp32 copy kept
+                model = FastGPT.load(path, quantize=_quantize_mode(options.quantize, device), device=device)
+            else:
+                model = load_model(path, device=device)
+        except Exception as exc:
+            reason = f"cannot load {path}: {exc}"
+            log.error("%s; answering from an n-gram model instead", reason)
+            tokenizer = getattr(fallback, "tokenizer", None) or KaffeeTokenizer.from_file(
+                path / "tokenizer.json"
+            )
+            engine = cls(None, options, fallback=fallback, tokenizer=tokenizer)
+            engine.stats.fallback_reason = reason
+            return engine
+        return cls(model, options, fallback=fallback)
+
+    def _accelerate(self, model: LanguageModel) -> LanguageModel:
+        """The fast decoder for gpt models (int8 on CPU unless told otherwise)."""
+        if self.options.naive or not isinstance(model, GPTModel):
+            return model
+        return FastGPT.from_gpt(model, quantize=_quantize_mode(self.options.quantize, model.device.type))
+
+    @property
+    def degraded(self) -> bool:
+        """True when answers come from the n-gram fallback."""
+        return self.stats.fallback_reason is not None
+
+    # -- workspace context ----------------------------------------------------------------------
+    def set_workspace_files(self, files: dict[str, str]) -> None:
+        """Text of the project's files (key: path or URI), for the workspace cache and the fallback."""
+        self.cache.set_files(files)
+        if self.options.workspace_cache or self.degraded:
+            self.cache.refresh()
+
+    def update_document(self, uri: str, text: str) -> None:
+        """The current text of an open document (cheap: the cache rebuilds in the background)."""
+        self.cache.update(uri, text)
+
+    def remove_document(self, uri: str) -> None:
+        self.cache.remove(uri)
+
+    # -- the two questions -------------------------------------------------------------------
+    def next_tokens(
+        self,
+        prefix: str,
+        suffix: str = "",
+        k: int = 10,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[TokenSuggestion]:
+        """The ``k`` most likely whole Java tokens at the cursor, best first.
+
+        A suggestion's text is the token that starts at the cursor; if the cursor ends a
+        word and the model continues that word, the suggestion is the whole word and
+        ``attached`` is True. ``deadline`` is a ``time.monotonic()`` instant.
+        """
+        deadline = self._deadline(deadline)
+        if not self._acquire(cancel, deadline):
+            return []
+        try:
+            self.stats.requests += 1
+            return self._with_fallback(lambda: self._next_tokens(prefix, suffix, k, deadline, cancel), [])
+        finally:
+            self._lock.release()
+
+    def complete(
+        self,
+        prefix: str,
+        suffix: str = "",
+        max_lines: int | None = None,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        """The rest of the line, or the body of the block the cursor just opened.
+
+        ``deadline`` is a ``time.monotonic()`` instant; past it, or once ``cancel`` is
+        set, decoding stops and the text so far comes back (stop_reason says which).
+        """
+        t0 = time.perf_counter()
+        deadline = self._deadline(deadline)
+        if not self._acquire(cancel, deadline):
+            reason = "cancelled" if cancel is not None and cancel.is_set() else "deadline"
+            return Completion("", reason, 0, (time.perf_counter() - t0) * 1000)
+        try:
+            self.stats.requests += 1
+            text, reason, tokens = self._with_fallback(
+                lambda: self._complete(prefix, suffix, max_lines, deadline, cancel), ("", "error", 0)
+            )
+        finally:
+            self._lock.release()
+        return Completion(text, reason, tokens, (time.perf_counter() - t0) * 1000)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _deadline(self, deadline: float | None) -> float | None:
+        if deadline is None and self.options.deadline_ms is not None:
+            return time.monotonic() + self.options.deadline_ms / 1000.0
+        return deadline
+
+    def _acquire(self, cancel: threading.Event | None, deadline: float | None) -> bool:
+        while not self._lock.acquire(timeout=0.005):
+            if cancel is not None and cancel.is_set():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        if cancel is not None and cancel.is_set():
+            self._lock.release()
+            return False
+        return True
+
+    def _with_fallback(self, fn, empty):
+        """Run ``fn``; if the neural model raises, switch to the n-gram model for good and retry."""
+        if self.model is None:
+            self._use_fallback()
+        try:
+            return fn()
+        except KaffeeError:
+            raise
+        except Exception as exc:
+            if self.degraded:
+                log.exception("the fallback model failed too; answering nothing")
+                return empty
+            self.stats.fallback_reason = f"the model raised {type(exc).__name__}: {exc}"
+            log.exception("the neural model failed; answering from an n-gram model from now on")
+            self._use_fallback()
+            try:
+                return fn()
+            except Exception:
+                log.exception("the fallback model failed too; answering nothing")
+                return empty
+
+    def _use_fallback(self, extra_text: str = "") -> None:
+        """Switch to the fallback model (an n-gram over the workspace and open documents)."""
+        if self._fallback is not None:
+            if self.model is not self._fallback:
+                self.model, self.runner, self._states = self._fallback, self._runner(self._fallback), []
+            return
+        if self.model is not None and self._fallback_built_at == self.cache.builds and not extra_text:
+            return
+        ids = self.cache.all_ids() + self.tokenizer.encode(extra_text)
+        if len(ids) < 2:
+            ids = [self.tokenizer.eos_id, self.tokenizer.eos_id]
+        cfg = NgramConfig(vocab_size=self.tokenizer.vocab_size, order=6)
+        model = NgramModel(cfg, NgramCounts.build(np.asarray(ids), cfg.vocab_size, cfg.order))
+        model.tokenizer = self.tokenizer
+        model.meta = {"family": "ngram", "built_from": "workspace"}
+        self.model, self.runner, self._states = model, self._runner(model), []
+        self._fallback_built_at = self.cache.builds
+
+    def _runner(self, model: LanguageModel) -> Runner:
+        return Runner(model, delay_s=self.options.step_delay_ms / 1000.0)
+
+    def _mixer(self):
+        if not self.options.workspace_cache or self.degraded:
+            return lambda lp, ctx: lp
+        self.cache.refresh()
+        return self.cache.mix
+
+    def _state_for(self, ids: list[int]) -> DecodeState:
+        """The cached state sharing the longest prefix with ``ids`` (a new one while there is room)."""
+        best, best_common = None, -1
+        for st in self._states:
+            n, limit = 0, min(len(st.ids), len(ids))
+            while n < limit and st.ids[n] == ids[n]:
+                n += 1
+            if n > best_common:
+                best, best_common = st, n
+        if best is None or (best_common < min(64, len(ids) // 2) and len(self._states) < self.options.states):
+            best = self.model.new_state()
+        else:
+            self._states.remove(best)
+        self._states.append(best)  # most recently used last
+        return best
+
+    def _budget(self) -> int:
+        room = self.options.max_new_tokens + self.options.speculate + 2
+        return max(16, min(self.options.context_tokens, self.model.max_context - room))
+
+    def _prompt(self, prefix: str, suffix: str, heal: bool = True) -> Prompt:
+        fim = self.options.fim and self.model.supports_fim and not self.degraded
+        return build_prompt(
+            self.tokenizer,
+            prefix,
+            suffix,
+            budget_tokens=self._budget(),
+            suffix_tokens=self.options.suffix_tokens,
+            fim=fim,
+            heal=heal and self.options.token_healing,
+            encoder=self.encoder,
+        )
+
+    def _next_tokens(self, prefix, suffix, k, deadline, cancel) -> list[TokenSuggestion]:
+        if self.degraded and self._fallback is None:
+            self._use_fallback(prefix[-20000:])
+        prompt = self._prompt(prefix, suffix)
+        state = self._state_for(prompt.ids)
+        ranked = token_beam(
+            self.runner,
+            self.vocab,
+            state,
+            prompt,
+            trailing_word(prefix),
+            max(1, k),
+            self._mixer(),
+            beam_width=max(self.options.beam_width, k),
+            max_pieces=self.options.token_max_pieces,
+            deadline=deadline,
+            cancel=cancel,
+        )
+        return [TokenSuggestion(c.text, lp, c.attached) for c, lp in ranked]
+
+    def _complete(self, prefix, suffix, max_lines, deadline, cancel) -> tuple[str, str, int]:
+        opts = self.options
+        reused = self._reuse(prefix, suffix)
+        if reused is not None:
+            self.stats.reused += 1
+            return reused, "reuse", 0
+        if self.degraded and self._fallback is None:
+            self._use_fallback(prefix[-20000:])
+        max_lines = opts.max_lines if max_lines is None else max(1, max_lines)
+        block = block_context(prefix, suffix) if max_lines > 1 else None
+        style = detect_indent(prefix[-20000:] + suffix[:5000])
+        line_suffix = current_line_suffix(suffix)
+        stop = BlockStop(block, max_lines, style) if block else LineStop(line_suffix)
+        max_new = opts.max_new_tokens_block if block else opts.max_new_tokens
+        if opts.naive:
+            gen = self._naive(prefix, suffix, stop, max_new)
+        else:
+            prompt = self._prompt(prefix, suffix)
+            state = self._state_for(prompt.ids)
+            previous = self._previous.ids if self._previous is not None else None
+            gen = greedy(
+                self.runner,
+                self.vocab,
+                state,
+                prompt,
+                stop,
+                max_new,
+                self._mixer(),
+                deadline=deadline,
+                cancel=cancel,
+                speculate=opts.speculate,
+                previous=previous,
+            )
+            self.stats.drafted += gen.drafted
+            self.stats.accepted += gen.accepted
+        if block:
+            text = finish_block(gen.text, block, suffix, style)
+        else:
+            text = finish_line(gen.text, line_suffix, current_line_prefix(prefix), style)
+        if gen.reason in NATURAL_STOPS and not block and text:
+            self._previous = _Previous(
+                prefix, suffix, text, list(self._states[-1].ids) if self._states else []
+            )
+        elif self._states:
+            self._previous = _Previous("", "", "", list(self._states[-1].ids))
+        return text, gen.reason, len(gen.ids)
+
+    def _reuse(self, prefix: str, suffix: str) -> str | None:
+        """The rest of the previous suggestion when the user typed its beginning."""
+        prev = self._previous
+        if (
+            not self.options.reuse_previous
+            or self.options.naive
+            or prev is None
+            or not prev.text
+            or suffix != prev.suffix
+        ):
+            return None
+        if not prefix.startswith(prev.prefix) or len(prefix) == len(prev.prefix):
+            return None
+        typed = prefix[len(prev.prefix) :]
+        if len(typed) >= len(prev.text) or not prev.text.startswith(typed):
+            return None
+        return prev.text[len(typed) :]
+
+    def _naive(self, prefix: str, suffix: str, stop, max_new: int) -> Generation:
+        """The baseline: encode the whole window and call ``generate``, every time, no early stop."""
+        model = self.model
+        prompt = self._prompt(prefix, suffix, heal=False)
+        eos = self.tokenizer.eos_id
+        if isinstance(model, GPTModel):
+            x = torch.tensor([prompt.ids], device=model.device)
+            with torch.inference_mode():
+                out = model.module.generate(
+                    input_ids=x,
+                    attention_mask=torch.ones_like(x),
+                    max_new_tokens=max_new,
+                    do_sample=False,
+                    pad_token_id=eos,
+                    eos_token_id=eos,
+                )
+            gen = out[0, x.shape[1] :].tolist()
+        else:
+            gen = []
+            for _ in range(max_new):
+                tok = int(torch.argmax(model.next_logprobs([prompt.ids + gen])[0]))
+                if tok == eos:
+                    break
+                gen.append(tok)
+        ids = [t for t in gen if t not in self.tokenizer.special_ids]
+        text = self.tokenizer.decode_bytes(ids).decode("utf-8", errors="ignore")
+        cut = stop.feed(text)
+        if cut is not None:
+            return Generation(text[: cut.at], gen, cut.reason)
+        return Generation(text, gen, "eos" if len(ids) < len(gen) else "length")
+
+    @property
+    def tokens_advanced(self) -> int:
+        """Tokens the model has encoded so far (prompt re-encoding and decoding together)."""
+        return self.runner.tokens_advanced if self.runner is not None else 0
+
+
+def _quantize_mode(option: str, device: str) -> str:
+    """``auto`` means int8 on CPU; the int8 kernels exist only on CPU."""
+    if option == "auto":
+        option = "int8"
+    if option == "int8" and not str(device).startswith("cpu"):
+        return "none"
+    return option
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present; anything else must be a device torch knows."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise KaffeeError(f"unknown device {device!r} (use cpu, cuda or auto)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KaffeeError(f"device {device!r} was asked for but CUDA is not available")
+    return device

@@ -1,0 +1,474 @@
+"""The Kaffee language server (pygls 2.x): thin, typed handlers over the completion engine.
+
+Handlers parse the request, hand the model work to a single worker thread (never the
+event loop), and format the answer. Documents live in :class:`DocumentStore` (UTF-16
+positions, clamped). A newer request for a document supersedes an older one of the
+same kind, ``$/cancelRequest`` stops work between decode steps, and malformed input
+gets a JSON-RPC error instead of taking the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kaffee.errors import KaffeeError
+from kaffee.server.documents import ENCODINGS, DocumentStore
+from kaffee.server.engine import Completion, CompletionEngine, EngineOptions, TokenSuggestion
+from kaffee.server.java_tokens import first_token, trailing_word
+from kaffee.server.memory import trim_heap
+from kaffee.server.settings import ServerSettings, parse_settings
+from kaffee.server.workspace import scan_java_files
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.uris import to_fs_path
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+TRIGGER_CHARACTERS = [".", "@", "(", ":"]  # member access, annotations, arguments, method references
+TOKEN_ITEMS = 10  # next-token items in a completion list
+LABEL_CHARS = 80  # longer line suggestions are shortened in the list's label
+TRIM_AFTER_TOKENS = 256  # give freed memory back to the OS once this many tokens were encoded
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+PARSE_ERROR = -32700
+KIND = {
+    "keyword": types.CompletionItemKind.Keyword,
+    "identifier": types.CompletionItemKind.Text,
+    "literal": types.CompletionItemKind.Value,
+    "operator": types.CompletionItemKind.Operator,
+    "separator": types.CompletionItemKind.Operator,
+}
+
+
+@dataclass
+class Cursor:
+    """A request's document and cursor, resolved (and clamped) on the event loop."""
+
+    uri: str
+    offset: int  # code-point offset in the text
+    prefix: str  # text before the cursor
+    suffix: str  # text after the cursor
+    position: types.Position  # the cursor in the client's units (after clamping)
+    lead_start: types.Position  # start of the word the cursor ends (== position when none)
+
+
+class _Malformed:
+    """A request whose params did not parse: answered with an error by ``handle_message``."""
+
+    jsonrpc = "2.0"
+
+    def __init__(self, msg_id: Any, method: str, error: Exception):
+        self.id = msg_id if isinstance(msg_id, int | str) and not isinstance(msg_id, bool) else None
+        self.method = method
+        self.error = error
+
+
+class KaffeeProtocol(LanguageServerProtocol):
+    """pygls' protocol with a faster document store and answers for bad or late messages."""
+
+    _server: KaffeeLanguageServer
+
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if isinstance(data, dict) and "id" in data and isinstance(data.get("method"), str):
+                return _Malformed(data["id"], data["method"], exc)
+            raise
+
+    def _error(self, msg_id: Any, code: int, message: str) -> None:
+        self._send_response(msg_id, error=types.ResponseError(code=code, message=message))
+
+    def handle_message(self, message) -> None:
+        if isinstance(message, _Malformed):
+            log.warning("bad params for %s: %s", message.method, message.error.__cause__ or message.error)
+            self._error(message.id, INVALID_PARAMS, f"invalid params for {message.method}")
+            return
+        if not hasattr(message, "jsonrpc"):
+            msg_id = message.get("id") if isinstance(message, dict) else None
+            log.warning("ignoring a message that is not JSON-RPC 2.0: %.200r", message)
+            if msg_id is not None or not isinstance(message, dict) or "method" not in message:
+                self._error(
+                    msg_id if isinstance(msg_id, int | str) else None,
+                    INVALID_REQUEST,
+                    "not a JSON-RPC 2.0 message",
+                )
+            return
+        method = getattr(message, "method", None)
+        is_request = method is not None and getattr(message, "id", None) is not None
+        if self._shutdown and is_request and method != types.EXIT:
+            self._error(message.id, INVALID_REQUEST, f"the server is shutting down; {method} refused")
+            return
+        super().handle_message(message)
+
+    # Document sync: our own store (pygls' recomputes all lines on every edit). Plain
+    # functions, not pygls' generator style, which keeps a future per notification forever.
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> None:
+        self._server.on_open(params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> None:
+        self._server.on_change(params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
+        self._server.on_close(params)
+
+
+class KaffeeLanguageServer(LanguageServer):
+    """Owns the documents, the settings, the engine and the one model worker thread."""
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        device: str | None = None,
+        engine_options: EngineOptions | None = None,
+    ):
+        super().__init__(
+            "kaffee",
+            VERSION,
+            protocol_cls=KaffeeProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
+        self.cli_model_dir = model_dir  # --model; settings.model_path overrides it
+        self.cli_device = device  # --device; settings.device overrides it when given
+        self.engine_options = engine_options or EngineOptions()
+        self.documents = DocumentStore()
+        self.settings = ServerSettings(device=device or ServerSettings.device)
+        self.engine: CompletionEngine | None = None
+        self.engine_error: str | None = None
+        self._engine_key: tuple[str, str] | None = None
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaffee-model")
+        self._inflight: dict[tuple[str, str], threading.Event] = {}
+        self.encoding = "utf-16"
+        self.shutting_down = False
+        self._trimmed_at = 0  # engine.tokens_advanced at the last heap trim
+
+    # -- errors ----------------------------------------------------------------------------------
+    def report_server_error(self, error: Exception, source) -> None:
+        """Log, and answer unparseable input with a JSON-RPC parse error; never pop up dialogs."""
+        if isinstance(error, ValueError | json.JSONDecodeError):  # bad JSON or bad UTF-8 in a body
+            log.warning("unparseable message: %s", error)
+            try:
+                self.protocol._send_response(
+                    None, error=types.ResponseError(code=PARSE_ERROR, message="Parse error")
+                )
+            except Exception:
+                log.debug("could not send the parse error", exc_info=True)
+            return
+        log.error("error in server (%s): %s", getattr(source, "__name__", source), error)
+
+    def notify_user(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        log.warning("%s", message)
+        try:
+            self.window_show_message(types.ShowMessageParams(type=kind, message=f"Kaffee: {message}"))
+        except Exception:
+            log.debug("could not show a message", exc_info=True)
+
+    # -- settings and the engine ---------------------------------------------------------------------
+    def apply_settings(self, raw: Any, initial: bool = False) -> None:
+        base = (
+            self.settings if not initial else ServerSettings(device=self.cli_device or ServerSettings.device)
+        )
+        settings, problems = parse_settings(raw, base)
+        for p in problems:
+            self.notify_user(p)
+        turned_on = settings.workspace_context and not self.settings.workspace_context
+        self.settings = settings
+        self.engine_options = replace(
+            self.engine_options, max_lines=settings.max_lines, workspace_cache=settings.workspace_context
+        )
+        if self.engine is not None:
+            self.engine.options.max_lines = settings.max_lines
+            self.engine.options.workspace_cache = settings.workspace_context
+        if not initial:
+            self.load_engine()
+            if turned_on and self.engine is not None:
+                threading.Thread(
+                    target=self._scan_workspace, args=(self.engine,), name="kaffee-scan", daemon=True
+                ).start()
+
+    def model_dir(self) -> Path:
+        if self.settings.model_path:
+            return Path(self.settings.model_path).expanduser()
+        if self.cli_model_dir is not None:
+            return self.cli_model_dir
+        from kaffee.models import default_model_dir
+
+        return default_model_dir()
+
+    def load_engine(self) -> None:
+        """(Re)load the engine on the worker thread when the model path or device changed."""
+        try:
+            path = self.model_dir()
+        except KaffeeError as exc:
+            self.engine_error = str(exc)
+            self.notify_user(f"no model: {exc}", types.MessageType.Error)
+            return
+        key = (str(path), self.settings.device)
+        if key == self._engine_key:
+            return
+        self._engine_key = key
+        self._worker.submit(self._load, path, self.settings.device)
+
+    def _load(self, path: Path, device: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            engine = CompletionEngine.from_model_dir(path, replace(self.engine_options), device=device)
+        except Exception as exc:  # KaffeeError for a missing or foreign directory; anything else is a bug
+            self.engine_error = f"cannot load the model {path}: {exc}"
+            self.notify_user(self.engine_error, types.MessageType.Error)
+            return
+        for uri, doc in list(self.documents.docs.items()):
+            engine.update_document(uri, doc.text)
+        self.engine, self.engine_error = engine, None
+        trim_heap()
+        if engine.degraded:
+            self.notify_user(f"{engine.stats.fallback_reason}; suggestions come from an n-gram model")
+        log.info(
+            "model %s loaded on %s in %.1f s (%s)",
+            path,
+            device,
+            time.perf_counter() - t0,
+            type(engine.model).__name__,
+        )
+        if self.settings.workspace_context:
+            threading.Thread(
+                target=self._scan_workspace, args=(engine,), name="kaffee-scan", daemon=True
+            ).start()
+
+    def _scan_workspace(self, engine: CompletionEngine) -> None:
+        try:
+            roots = []
+            ws = self.protocol._workspace
+            if ws is not None:
+                for folder in ws.folders.values():
+                    path = to_fs_path(folder.uri)
+                    if path:
+                        roots.append(Path(path))
+                if not roots and ws.root_path:
+                    roots.append(Path(ws.root_path))
+            files = scan_java_files(roots)
+            engine.set_workspace_files(files)
+            log.info("workspace cache: %d Java files", len(files))
+        except Exception:
+            log.exception("scanning the workspace failed")
+
+    # -- documents ---------------------------------------------------------------------------------
+    def on_open(self, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        self.documents.open(doc.uri, doc.text, doc.version)
+        if self.engine is not None:
+            self.engine.update_document(doc.uri, doc.text)
+
+    def on_change(self, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        if uri not in self.documents:
+            log.warning("didChange for unknown document %s ignored", uri)
+            return
+        doc = self.documents.get(uri)
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                r = change.range
+                doc.apply_change(
+                    change.text,
+                    (r.start.line, r.start.character),
+                    (r.end.line, r.end.character),
+                    self.encoding,
+                )
+            else:
+                doc.apply_change(change.text)
+        doc.version = params.text_document.version
+        for kind in ("completion", "inline"):
+            ev = self._inflight.get((uri, kind))
+            if ev is not None:
+                ev.set()  # its answer is stale now
+        if self.engine is not None:
+            self.engine.update_document(uri, doc.text)
+
+    def on_close(self, params: types.DidCloseTextDocumentParams) -> None:
+        self.documents.close(params.text_document.uri)
+        if self.engine is not None:
+            self.engine.remove_document(params.text_document.uri)
+
+    def cursor(self, uri: str, position: types.Position) -> Cursor | None:
+        if uri not in self.documents:
+            log.warning("request for unknown document %s: answering nothing", uri)
+            return None
+        doc = self.documents.get(uri)
+        offset = doc.offset_at(position.line, position.character, self.encoding)
+        prefix = doc.text[:offset]
+        lead = trailing_word(prefix[-256:])
+        line, col = doc.position_at(offset, self.encoding)
+        lline, lcol = doc.position_at(offset - len(lead), self.encoding)
+        return Cursor(
+            uri, offset, prefix, doc.text[offset:], types.Position(line, col), types.Position(lline, lcol)
+        )
+
+    # -- running model work -----------------------------------------------------------------------
+    async def run_model(self, uri: str, kind: str, job):
+        """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it."""
+        key = (uri, kind)
+        older = self._inflight.get(key)
+        if older is not None:
+            older.set()
+        cancel = threading.Event()
+        self._inflight[key] = cancel
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._worker, job, cancel)
+        except asyncio.CancelledError:
+            cancel.set()  # $/cancelRequest: stop the decode loop too
+            raise
+        except RuntimeError as exc:  # the worker was shut down
+            raise JsonRpcRequestCancelled(f"the server is shutting down ({exc})") from exc
+        finally:
+            if self._inflight.get(key) is cancel:
+                del self._inflight[key]
+        engine = self.engine
+        if engine is not None and engine.tokens_advanced - self._trimmed_at > TRIM_AFTER_TOKENS:
+            self._trimmed_at = engine.tokens_advanced
+            self._worker.submit(trim_heap)  # after this answer, before the next request's work
+        if cancel.is_set():
+            raise JsonRpcRequestCancelled("superseded by a newer request or an edit")
+        return result
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.settings.deadline_ms / 1000.0
+
+    def shutdown_work(self) -> None:
+        self.shutting_down = True
+        for ev in list(self._inflight.values()):
+            ev.set()
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+# -- formatting answers ---------------------------------------------------------------------------
+def completion_items(
+    cur: Cursor, tokens: list[TokenSuggestion], line: Completion | None
+) -> list[types.CompletionItem]:
+    """Next-token items (best first) and, second, the line or block suggestion."""
+    lead = trailing_word(cur.prefix[-256:])
+    items = []
+    for rank, tok in enumerate(tokens):
+        lex, _ = first_token(tok.text)
+        start = cur.lead_start if tok.attached else cur.position
+        items.append(
+            types.CompletionItem(
+                label=tok.text,
+                kind=KIND.get(lex.kind if lex else "", types.CompletionItemKind.Text),
+                detail=f"{100 * pow(2.718281828, tok.logprob):.0f}%",
+                sort_text=f"{rank:04d}",
+                filter_text=tok.text,
+                text_edit=types.TextEdit(range=types.Range(start, cur.position), new_text=tok.text),
+                insert_text_format=types.InsertTextFormat.PlainText,
+            )
+        )
+    if line is not None and line.text.strip() and (not tokens or line.text.strip() != tokens[0].text):
+        attached = bool(lead) and line.text[:1].isalnum()
+        new_text = (lead + line.text) if attached else line.text
+        first = new_text.strip().split("\n")[0]
+        label = (
+            first if len(first) <= LABEL_CHARS and "\n" not in new_text.strip() else first[:LABEL_CHARS] + "…"
+        )
+        items.append(
+            types.CompletionItem(
+                label=label,
+                kind=types.CompletionItemKind.Snippet if "\n" in new_text else types.CompletionItemKind.Text,
+                detail="Kaffee: rest of the line" if "\n" not in new_text else "Kaffee: block",
+                sort_text="0000~" if tokens else "0000",
+                filter_text=new_text.strip(),
+                text_edit=types.TextEdit(
+                    range=types.Range(cur.lead_start if attached else cur.position, cur.position),
+                    new_text=new_text,
+                ),
+                insert_text_format=types.InsertTextFormat.PlainText,
+            )
+        )
+    return items
+
+
+def build_server(
+    model_dir: Path | None = None, device: str | None = None, engine_options: EngineOptions | None = None
+) -> KaffeeLanguageServer:
+    """A language server with Kaffee's features registered."""
+    server = KaffeeLanguageServer(model_dir, device, engine_options)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: KaffeeLanguageServer, params: types.InitializeParams) -> None:
+        enc = ls.protocol._workspace.position_encoding if ls.protocol._workspace else "utf-16"
+        enc = getattr(enc, "value", enc)
+        ls.encoding = enc if enc in ENCODINGS else "utf-16"
+        ls.apply_settings(params.initialization_options, initial=True)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: KaffeeLanguageServer, params: types.InitializedParams) -> None:
+        ls.load_engine()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(
+        ls: KaffeeLanguageServer, params: types.DidChangeConfigurationParams
+    ) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: KaffeeLanguageServer, params: None) -> None:
+        ls.shutdown_work()
+
+    @server.feature(
+        types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=TRIGGER_CHARACTERS)
+    )
+    async def completion(ls: KaffeeLanguageServer, params: types.CompletionParams) -> types.CompletionList:
+        cur = ls.cursor(params.text_document.uri, params.position)
+        if cur is None:
+            return types.CompletionList(is_incomplete=False, items=[])
+        deadline = ls.deadline()
+
+        def job(cancel: threading.Event):
+            engine = ls.engine
+            if engine is None:
+                return [], None
+            tokens = engine.next_tokens(
+                cur.prefix, cur.suffix, k=TOKEN_ITEMS, deadline=deadline, cancel=cancel
+            )
+            line = engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel)
+            return tokens, line
+
+        tokens, line = await ls.run_model(cur.uri, "completion", job)
+        return types.CompletionList(is_incomplete=False, items=completion_items(cur, tokens, line))
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(
+        ls: KaffeeLanguageServer, params: types.InlineCompletionParams
+    ) -> types.InlineCompletionList:
+        cur = ls.cursor(params.text_document.uri, params.position)
+        if cur is None:
+            return types.InlineCompletionList(items=[])
+        deadline = ls.deadline()
+
+        def job(cancel: threading.Event) -> Completion | None:
+            engine = ls.engine
+            if engine is None:
+                return None
+            return engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel)
+
+        result = await ls.run_model(cur.uri, "inline", job)
+        if result is None or not result.text:
+            return types.InlineCompletionList(items=[])
+        item = types.InlineCompletionItem(
+            insert_text=result.text, range=types.Range(cur.position, cur.position)
+        )
+        return types.InlineCompletionList(items=[item])
+
+    return server

@@ -1,0 +1,84 @@
+"""The server's settings: a typed dataclass with defaults, read from untrusted JSON.
+
+They come from ``initializationOptions`` and ``workspace/didChangeConfiguration`` (flat,
+or under a ``kaffee`` key). Every invalid value is reported and replaced by its default;
+unknown keys are reported and ignored. Nothing here raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_path: str | None = None  # model directory; None: the --model flag, else the bundled model
+    max_lines: int = 8  # longest block suggestion, in lines (1: single lines only)
+    deadline_ms: int = 1000  # time budget of one request, queueing included
+    workspace_context: bool = True  # n-gram cache over the workspace's Java files and open documents
+    device: str = "cpu"  # where the model runs: cpu, cuda or auto
+
+
+# JSON name -> (field name, check returning an error message or None)
+def _check_model_path(v: Any) -> str | None:
+    return (
+        None
+        if v is None or (isinstance(v, str) and v.strip())
+        else "must be a directory path (string) or null"
+    )
+
+
+def _check_max_lines(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 200
+    return None if ok else "must be an integer from 1 to 200"
+
+
+def _check_deadline(v: Any) -> str | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 10 <= v <= 600_000
+    return None if ok else "must be a number of milliseconds from 10 to 600000"
+
+
+def _check_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _check_device(v: Any) -> str | None:
+    return None if v in DEVICES else f"must be one of {', '.join(DEVICES)}"
+
+
+_FIELDS = {
+    "modelPath": ("model_path", _check_model_path),
+    "maxLines": ("max_lines", _check_max_lines),
+    "deadlineMs": ("deadline_ms", _check_deadline),
+    "workspaceContext": ("workspace_context", _check_bool),
+    "device": ("device", _check_device),
+}
+assert {f for f, _ in _FIELDS.values()} == {f.name for f in fields(ServerSettings)}
+
+
+def parse_settings(raw: Any, base: ServerSettings | None = None) -> tuple[ServerSettings, list[str]]:
+    """Settings from client JSON over ``base`` (defaults); also the problems found, for the user."""
+    base = base or ServerSettings()
+    if raw is None:
+        return base, []
+    if isinstance(raw, dict) and isinstance(raw.get("kaffee"), dict):
+        raw = raw["kaffee"]
+    if not isinstance(raw, dict):
+        return base, [f"settings must be a JSON object, got {type(raw).__name__}; using the defaults"]
+    problems, values = [], {}
+    defaults = ServerSettings()
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            problems.append(f"unknown setting {key!r} ignored (known: {', '.join(_FIELDS)})")
+            continue
+        name, check = _FIELDS[key]
+        error = check(value)
+        if error:
+            problems.append(f"setting {key}={value!r} {error}; using the default {getattr(defaults, name)!r}")
+            values[name] = getattr(defaults, name)
+        else:
+            values[name] = int(value) if name == "deadline_ms" else value
+    return replace(base, **values), problems
