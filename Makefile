@@ -15,9 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The bundled default model suggests code at a few spots of examples/ (FILE:LINE:COL, 1-based).
+DEMO_SPOTS := examples/Bank.java:50:24 examples/BankAccount.java:46:17 examples/BankAccount.java:60:21
+
 demo: setup
-	$(KAFFEE) corpus build examples --out runs/demo-corpus --force
-	$(KAFFEE) corpus stats runs/demo-corpus
+	@for spot in $(DEMO_SPOTS); do $(KAFFEE) complete $$spot -k 5 || exit 1; echo; done
+	@echo "Next: use it in an editor -- 'kaffee serve' speaks LSP over stdio (see README, 'Use it in your editor'):"
+	@echo "  $(KAFFEE) serve            # bundled model; --model DIR for your own"
 
 test: setup
 	$(VENV)/bin/ruff check .
