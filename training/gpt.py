@@ -16,7 +16,6 @@ if typing.TYPE_CHECKING:  # imported where used: the modelling code costs ~130 M
 # transformers 5.x renames `past_key_values` to `cache` with a FutureWarning; the old
 # name works on every version we support (>=4.45), so keep it and silence the notice.
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-warnings.filterwarnings("ignore", message=".*`past_key_values` is deprecated", category=FutureWarning)
 
 
 @dataclass
