@@ -281,26 +281,26 @@ class FastGPT(LanguageModel):
         if len(state.ids) + n > self.max_context:
             raise ValueError(f"context of {len(state.ids) + n} tokens exceeds the window {self.max_context}")
 
-    @torch.inference_mode()
-    def advance(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+    def _extend(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+        """Run ``ids`` through the model on top of ``state``'s cache; hidden states (T, C)."""
         self._check_room(state, len(ids))
         cache: KVCache = state.cache
         pos = torch.arange(cache.length, cache.length + len(ids), device=self.device)
         hidden = self._forward(cache, ids, pos, None)
         cache.length += len(ids)
         state.ids.extend(ids)
+        return hidden
+
+    @torch.inference_mode()
+    def advance(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+        hidden = self._extend(state, ids)
         state.last_logprobs = torch.log_softmax(self._logits(hidden[-1:])[0], dim=-1).cpu()
         return state.last_logprobs
 
     @torch.inference_mode()
     def advance_all(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
         """Like :meth:`advance`, but returns the log-probs after every new token: (T, V)."""
-        self._check_room(state, len(ids))
-        cache: KVCache = state.cache
-        pos = torch.arange(cache.length, cache.length + len(ids), device=self.device)
-        hidden = self._forward(cache, ids, pos, None)
-        cache.length += len(ids)
-        state.ids.extend(ids)
+        hidden = self._extend(state, ids)
         out = torch.log_softmax(self._logits(hidden), dim=-1).cpu()
         state.last_logprobs = out[-1]
         return out
