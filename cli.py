@@ -62,3 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kaffee {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `kaffee corpus stats DIR | head`
+        sys.stderr.close()
+        return 0
