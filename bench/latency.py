@@ -184,21 +184,26 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
         latencies: list[float] = []
         keystrokes = accepted = accepted_chars = 0
         t_start = time.monotonic()
-        while i < len(region):
-            if cfg.max_requests is not None and len(latencies) >= cfg.max_requests:
-                break
-            ch = region[i]
+
+        def type_text(text: str) -> None:
+            """Insert ``text`` at the cursor, in the server's copy and ours."""
+            nonlocal doc, cursor, version
             pos = position(doc, cursor)
             version += 1
             server.notify(
                 "textDocument/didChange",
                 {
                     "textDocument": {"uri": uri, "version": version},
-                    "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch}],
+                    "contentChanges": [{"range": {"start": pos, "end": pos}, "text": text}],
                 },
             )
-            doc = doc[:cursor] + ch + doc[cursor:]
-            cursor += 1
+            doc = doc[:cursor] + text + doc[cursor:]
+            cursor += len(text)
+
+        while i < len(region):
+            if cfg.max_requests is not None and len(latencies) >= cfg.max_requests:
+                break
+            type_text(region[i])
             i += 1
             keystrokes += 1
             if i not in ends:
@@ -214,17 +219,7 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
             items = (result or {}).get("items") or []
             suggestion = items[0]["insertText"] if items else ""
             if suggestion and region.startswith(suggestion, i):
-                pos = position(doc, cursor)
-                version += 1
-                server.notify(
-                    "textDocument/didChange",
-                    {
-                        "textDocument": {"uri": uri, "version": version},
-                        "contentChanges": [{"range": {"start": pos, "end": pos}, "text": suggestion}],
-                    },
-                )
-                doc = doc[:cursor] + suggestion + doc[cursor:]
-                cursor += len(suggestion)
+                type_text(suggestion)
                 i += len(suggestion)
                 keystrokes += 1
                 accepted += 1

@@ -8,10 +8,10 @@ kill continues exactly as the uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -92,9 +92,8 @@ def evaluate(module: torch.nn.Module, sampler: BlockSampler | None, blocks: int,
     module.eval()
     n = min(blocks, sampler.n_blocks)
     total, count = 0.0, 0
-    B = sampler.block_size
     for start in range(0, n, batch):
-        rows = np.stack([sampler.stream[i * B : i * B + B + 1] for i in range(start, min(n, start + batch))])
+        rows = sampler.rows(list(range(start, min(n, start + batch))))
         t = torch.from_numpy(rows.astype(np.int64)).to(device)
         loss = lm_loss(module, t[:, :-1], t[:, 1:])
         total += loss.item() * len(rows)
@@ -214,7 +213,7 @@ def train(
                 x = torch.from_numpy(xb.astype(np.int64)).to(device, non_blocking=True)
                 y = torch.from_numpy(yb.astype(np.int64)).to(device, non_blocking=True)
                 sync = micro == cfg.grad_accum - 1
-                ctx = accel.no_sync(train_module) if not sync and world > 1 else _null()
+                ctx = accel.no_sync(train_module) if not sync and world > 1 else contextlib.nullcontext()
                 with ctx, accel.autocast():
                     loss = lm_loss(train_module, x, y) / cfg.grad_accum
                 accel.backward(loss)
@@ -275,15 +274,3 @@ def train(
         "stopped_by_time": stopped_by_time,
         "metrics_path": str(out / "metrics.jsonl"),
     }
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def rank_info() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
