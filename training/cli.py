@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 FAMILY_NAMES = ("gpt", "lstm", "ngram")  # kept literal so `kaffee --help` does not import torch
@@ -92,6 +93,13 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _emit(record: dict) -> None:
+    # one write per line: under torchrun every rank prints, and print() writes the
+    # newline separately, which lets two ranks' lines interleave
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from kaffee.training.run import TrainJob, run_train
 
@@ -104,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     job = TrainJob(args.family, args.preset, args.corpus, args.tokenizer, args.out, args.resume)
     data_cfg = DataConfig(fim_rate=args.fim_rate, seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs)
     summary = run_train(job, _train_config(args), data_cfg, _overrides(args.set))
-    print(json.dumps(summary), flush=True)
+    _emit(summary)
     return 0
 
 
@@ -114,6 +122,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     data_cfg = DataConfig(seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs)
     result = run_finetune(args.from_dir, args.corpus, args.out, _train_config(args), data_cfg)
-    print(json.dumps(result), flush=True)
+    _emit(result)
     print(f"validation loss: {result['val_loss_before']:.4f} -> {result['val_loss_after']:.4f} (nats/token)")
     return 0

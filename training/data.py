@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import lzma
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def cached_token_stream(
         return np.load(path)
     arr = token_stream(source, split, tok, tok_path, cfg, fim)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    # per-process temp name: under torchrun every rank tokenises and writes the same cache
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, arr)
     tmp.replace(path)
     return arr
@@ -161,8 +163,12 @@ class BlockSampler:
             out.append(int(self._perm_for(epoch)[pos]))
         return out
 
+    def rows(self, ids: list[int]) -> np.ndarray:
+        """Blocks ``ids`` with one token of overlap for the targets: (len(ids), block_size + 1)."""
+        B = self.block_size
+        return np.stack([self.stream[i * B : i * B + B + 1] for i in ids])
+
     def batch(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets, (count, block_size) each."""
-        B = self.block_size
-        rows = np.stack([self.stream[i * B : i * B + B + 1] for i in self.block_ids(start, count)])
+        rows = self.rows(self.block_ids(start, count))
         return rows[:, :-1], rows[:, 1:]
