@@ -93,6 +93,12 @@ def register(subparsers) -> None:
         metavar="N",
         help="code lines per typing-replay segment (default 5)",
     )
+    p.add_argument(
+        "--project-compare",
+        action="store_true",
+        help="also run every model system without project context (no retrieved code, no workspace cache) "
+        "on the same positions and report the paired gain, pooled and per project",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_command)
 
@@ -108,7 +114,7 @@ def register(subparsers) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from kaffee.evaluation.harness import EvalConfig, run_evaluation
-    from kaffee.evaluation.report import task_tables
+    from kaffee.evaluation.report import gain_tables, task_tables
 
     if not args.out:
         raise KaffeeError("--out DIR is required (where results.json, results.md and report.html go)")
@@ -139,13 +145,14 @@ def run_command(args: argparse.Namespace) -> int:
         lsp_init_options=init_options,
         codexglue_file=args.codexglue_file,
         typing_lines=args.typing_lines,
+        project_compare=args.project_compare,
         progress=not args.no_progress,
     )
     results = run_evaluation(config)
     out = Path(args.out)
     from kaffee.evaluation.report import markdown_table
 
-    for title, header, body in task_tables(results):
+    for title, header, body in task_tables(results) + gain_tables(results, per_project=False):
         print(f"\n## {title}\n\n{markdown_table(header, body)}")
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'report.html'}")
     problems = results.get("problems", [])

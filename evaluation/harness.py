@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from kaffee.errors import KaffeeError
+from kaffee.evaluation.metrics import mean_estimate
 from kaffee.evaluation.systems import (
+    MODEL_KINDS,
     RequestFailed,
     System,
     SystemSettings,
+    SystemSpec,
     SystemUnavailable,
     build_system,
     parse_system_spec,
@@ -56,6 +59,9 @@ class EvalConfig:
     lsp_init_options: dict | None = None  # initializationOptions sent to every lsp: system
     codexglue_file: str | None = None  # CodeXGLUE javaCorpus line-completion JSON lines (codexglue-line)
     typing_lines: int = 5  # code lines per typing-replay segment
+    project_compare: bool = (
+        False  # run each model system also without project context; report the paired gain
+    )
     progress: bool = True  # progress bar on stderr
 
     def __post_init__(self) -> None:
@@ -215,6 +221,9 @@ class Evaluation:
         self.distributions: dict[str, dict[str, dict[str, list[float]]]] = {}
         self.system_info: list[dict[str, Any]] = []
         self.sizes: dict[str, int] = {}
+        self.item_scores: dict[tuple[str, str], dict[str, list[float]]] = {}  # (label, task) -> per-position
+        self.pairs: list[tuple[str, str]] = []  # (with project, without project) labels to compare
+        self.gains: list[dict[str, Any]] = []
 
     def _problem(self, where: str, message: str) -> None:
         log.error("%s: %s", where, message)
@@ -275,14 +284,26 @@ class Evaluation:
         )
         for text in self.config.systems if not self.prebuilt else []:
             try:
-                spec = parse_system_spec(text)
-                train = train_texts(self.config.corpus) if self.config.corpus else None
-                log.info("loading system %s", spec.label)
-                yield text, build_system(spec, settings, train_texts=train)
+                specs = [parse_system_spec(text)]
             except KaffeeError as exc:
                 self._problem(f"system {text}", str(exc))
                 self.system_info.append({"system": text, "spec": text, "status": f"failed: {exc}"})
                 yield text, None
+                continue
+            if self.config.project_compare and specs[0].kind in MODEL_KINDS:
+                specs.append(without_project(specs[0]))
+                self.pairs.append((specs[0].label, specs[1].label))
+            for spec in specs:
+                try:
+                    train = train_texts(self.config.corpus) if self.config.corpus else None
+                    log.info("loading system %s", spec.label)
+                    yield spec.text, build_system(spec, settings, train_texts=train)
+                except KaffeeError as exc:
+                    self._problem(f"system {spec.text}", str(exc))
+                    self.system_info.append(
+                        {"system": spec.label, "spec": spec.text, "status": f"failed: {exc}"}
+                    )
+                    yield spec.text, None
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -332,6 +353,7 @@ class Evaluation:
                         log.warning("%s: close failed: %s", label, exc)
         finally:
             cache.close()
+        self._project_gains(tasks, positions)
         results = self.results()
         from kaffee.evaluation.report import write_reports
 
@@ -391,6 +413,7 @@ class Evaluation:
                 f"{label} · {task.name}: {len(errors)} of {len(positions)} positions failed (first: {first})"
             )
         outcome = task.aggregate(positions, outputs, self.config.seed)
+        self.item_scores[(label, task.name)] = task.item_scores(positions, outputs)
         for row in outcome.rows:
             est = row.estimate
             self.rows.append(
@@ -412,6 +435,45 @@ class Evaluation:
             )
         dists = {k: [round(float(v), 3) for v in vals] for k, vals in outcome.distributions.items()}
         self.distributions.setdefault(label, {})[task.name] = dists
+
+    def _project_gains(self, tasks: list[Task], positions: dict[str, list[Position]]) -> None:
+        """Paired gain of project context (with - without, same positions), pooled and per project."""
+        held = getattr(self, "held", None)
+        for with_label, without_label in self.pairs:
+            for task in tasks:
+                a = self.item_scores.get((with_label, task.name))
+                b = self.item_scores.get((without_label, task.name))
+                if not a or not b:
+                    continue
+                pos = positions[task.name]
+                projects = [
+                    held.files[p.file].project if held is not None and p.file >= 0 else "?" for p in pos
+                ]
+                for metric in a:
+                    scale = task.item_scale.get(metric, 1.0)
+                    groups = {"all": list(range(len(pos)))}
+                    for i, proj in enumerate(projects):
+                        groups.setdefault(f"project={proj}", []).append(i)
+                    for slice_name, idx in groups.items():
+                        with_v = [a[metric][i] for i in idx]
+                        without_v = [b[metric][i] for i in idx]
+                        gain = mean_estimate(
+                            [x - y for x, y in zip(with_v, without_v, strict=True)], scale, self.config.seed
+                        )
+                        self.gains.append(
+                            {
+                                "system": with_label,
+                                "without": without_label,
+                                "task": task.name,
+                                "metric": metric,
+                                "slice": slice_name,
+                                "n": len(idx),
+                                "with": _num(scale * sum(with_v) / len(idx)),
+                                "without_value": _num(scale * sum(without_v) / len(idx)),
+                                "gain": _num(gain.value),
+                                "ci95": [_num(gain.low), _num(gain.high)],
+                            }
+                        )
 
     def results(self) -> dict[str, Any]:
         cfg = self.config
@@ -436,10 +498,20 @@ class Evaluation:
             "positions": self.sizes,
             "systems": self.system_info,
             "results": self.rows,
+            "project_gain": self.gains,
             "distributions": self.distributions,
             "problems": [asdict(p) for p in self.problems],
             "notes": self.notes,
         }
+
+
+def without_project(spec: SystemSpec) -> SystemSpec:
+    """The same model system with project context and the workspace cache off (the baseline of a pair)."""
+    options = {**spec.options, "project": "off", "cache": "off"}
+    suffix = ",project=off,cache=off"
+    return SystemSpec(
+        spec.kind, spec.target, options, label=f"{spec.label} [no project]", text=spec.text + suffix
+    )
 
 
 def run_evaluation(config: EvalConfig, systems: Sequence[System] | None = None) -> dict[str, Any]:

@@ -105,6 +105,53 @@ def task_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list
     return out
 
 
+def gain_tables(
+    results: dict[str, Any], per_project: bool = True
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Project-context gain tables: pooled per system (and, with ``per_project``, the repo view:
+    every project's value without and with project context, and the gain)."""
+    gains = results.get("project_gain") or []
+    if not gains:
+        return []
+    tables = []
+    pooled = [g for g in gains if g["slice"] == "all"]
+    body = []
+    for g in pooled:
+        body.append(
+            [
+                g["system"],
+                g["task"],
+                g["metric"],
+                _fmt(g["without_value"]),
+                _fmt(g["with"]),
+                format_cell({"value": g["gain"], "ci95": g["ci95"], "unit": ""}),
+                str(g["n"]),
+            ]
+        )
+    header = ["system", "task", "metric", "without", "with", "gain [95 % CI]", "n"]
+    tables.append(("Project context: with minus without, same positions", header, body))
+    if per_project:
+        rows = [
+            g for g in gains if g["slice"] != "all" and g["metric"] in ("em", "edit_sim", "mrr10", "top1")
+        ]
+        rows.sort(key=lambda g: (g["system"], g["task"], g["metric"], -(g["gain"] or 0.0)))
+        body = [
+            [
+                g["slice"].removeprefix("project="),
+                g["system"],
+                f"{g['task']} {g['metric']}",
+                _fmt(g["without_value"]),
+                _fmt(g["with"]),
+                format_cell({"value": g["gain"], "ci95": g["ci95"], "unit": ""}),
+                str(g["n"]),
+            ]
+            for g in rows
+        ]
+        header = ["project", "system", "metric", "without", "with", "gain [95 % CI]", "n"]
+        tables.append(("Repo view: which projects gain from project context", header, body))
+    return tables
+
+
 def markdown_table(header: list[str], body: list[list[str]], text_columns: int = 1) -> str:
     """A Markdown table; the first ``text_columns`` are left-aligned, the numbers right-aligned."""
     esc = [[c.replace("|", "\\|") for c in row] for row in [header, *body]]
@@ -141,6 +188,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     ]
     for title, header, body in task_tables(results):
         out += [f"## {title}", "", markdown_table(header, body), ""]
+    for title, header, body in gain_tables(results):
+        out += [f"## {title}", "", markdown_table(header, body, text_columns=3), ""]
     if results.get("problems"):
         out += (
             ["## Problems", ""] + [f"- **{p['where']}**: {p['message']}" for p in results["problems"]] + [""]
@@ -288,7 +337,7 @@ def to_html(results: dict[str, Any]) -> str:
         f"<p>{html.escape(_run_line(results))}. Created {html.escape(str(results.get('created')))}.</p>",
         "<p class='small'>Cells: value [95 % bootstrap interval]; ↑ higher is better, ↓ lower.</p>",
     ]
-    for title, header, body in task_tables(results):
+    for title, header, body in task_tables(results) + gain_tables(results):
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, body)}")
     for title, fn in (
         ("Accuracy by token kind", plot_token_kinds),

@@ -16,7 +16,6 @@ score text (bits per character). A request that fails (time-out, crashed server)
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -37,10 +36,9 @@ WORKSPACE_ROOT = "/kaffee-eval"  # where held-out files pretend to live (URIs on
 SYSTEM_KINDS = (*MODEL_KINDS, "mft", "lsp")
 SPEC_HELP = (
     "a system spec is KIND:DIR[,option=value...] with KIND one of gpt, lstm, ngram, model "
-    "(options: cache=on|off, fim=on|off, ctx=TOKENS, label=NAME, or any EngineOptions field), "
+    "(options: cache=on|off, project=on|off, fim=on|off, ctx=TOKENS, label=NAME, or any EngineOptions field), "
     "'mft' (most-frequent-token baseline from the train split), or 'lsp:COMMAND' (a stdio language server)"
 )
-ENGINE_ALIASES = {"cache": "workspace_cache", "fim": "fim", "ctx": "context_tokens"}
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
 
@@ -147,20 +145,6 @@ def _coerce(value: str, default, key: str, raw: str):
     return value
 
 
-def engine_options_kwargs(spec: SystemSpec, options_cls) -> dict:
-    """EngineOptions keyword arguments for a spec's options (aliases cache/fim/ctx resolved)."""
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    defaults = options_cls()
-    out = {}
-    for key, value in spec.options.items():
-        name = ENGINE_ALIASES.get(key, key)
-        if name not in fields:
-            known = sorted(set(ENGINE_ALIASES) | set(fields))
-            raise KaffeeError(f"system spec {spec.text!r}: unknown option {key!r}; known: {', '.join(known)}")
-        out[name] = _coerce(value, getattr(defaults, name), key, spec.text)
-    return out
-
-
 def file_uri(root: str | os.PathLike, project: str, path: str) -> str:
     return (Path(root) / project / path).resolve().as_uri()
 
@@ -236,12 +220,13 @@ class EngineSystem(System):
             self.options = getattr(engine, "options", None)
         else:
             try:
-                from kaffee.server.engine import CompletionEngine, EngineOptions
+                from kaffee.server.engine import CompletionEngine
+                from kaffee.server.options import parse_engine_options
             except ImportError as exc:
                 raise KaffeeError(
                     f"the completion engine (kaffee.server.engine) is not available: {exc}"
                 ) from exc
-            self.options = EngineOptions(**engine_options_kwargs(spec, EngineOptions))
+            self.options = parse_engine_options(spec.options, where=f"system spec {spec.text!r}")
             self.engine = CompletionEngine.from_model_dir(self.path, options=self.options, device=device)
             if self.health():
                 raise SystemUnavailable(str(self.health()))
@@ -259,13 +244,16 @@ class EngineSystem(System):
 
     @property
     def workspace_cache(self) -> bool:
-        return bool(getattr(self.options, "workspace_cache", False))
+        """The engine uses the project's other files (n-gram cache or project context in the prompt)."""
+        return bool(getattr(self.options, "workspace_cache", False)) or bool(
+            getattr(self.options, "project_context", False)
+        )
 
     def _settle_cache(self) -> None:
-        """Finish the workspace cache's rebuild now, so answers do not depend on thread timing."""
-        cache = getattr(self.engine, "cache", None)
-        if self.workspace_cache and cache is not None and hasattr(cache, "refresh"):
-            cache.refresh(wait=True)
+        """Finish the cache's rebuild and the project index now, so answers do not depend on thread timing."""
+        settle = getattr(self.engine, "settle", None)
+        if self.workspace_cache and settle is not None:
+            settle()
 
     def begin_file(self, project: str, path: str, workspace: dict[str, str]) -> None:
         setter = getattr(self.engine, "set_workspace_files", None)
@@ -298,11 +286,13 @@ class EngineSystem(System):
 
     def next_tokens(self, ctx: Context, k: int = 10) -> list[str]:
         self._document(ctx)
-        return [s.text for s in self.engine.next_tokens(ctx.prefix, suffix=ctx.suffix, k=k)]
+        uri = file_uri(WORKSPACE_ROOT, ctx.project, ctx.path)
+        return [s.text for s in self.engine.next_tokens(ctx.prefix, suffix=ctx.suffix, k=k, document=uri)]
 
     def complete(self, ctx: Context) -> str:
         self._document(ctx)
-        return self.engine.complete(ctx.prefix, suffix=ctx.suffix).text
+        uri = file_uri(WORKSPACE_ROOT, ctx.project, ctx.path)
+        return self.engine.complete(ctx.prefix, suffix=ctx.suffix, document=uri).text
 
     @property
     def model(self):

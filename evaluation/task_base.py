@@ -171,3 +171,11 @@ class Task(ABC):
     @abstractmethod
     def aggregate(self, positions: list[Position], outputs: list[dict | None], seed: int) -> TaskOutcome:
         """Metric rows over all positions; ``None`` outputs are errors (scored as misses)."""
+
+    def item_scores(self, positions: list[Position], outputs: list[dict | None]) -> dict[str, list[float]]:
+        """Per-position scores of the headline metrics (0..1 or 0..100, as reported), for paired
+        comparisons such as the project-context gain. Tasks that have none return ``{}``."""
+        return {}
+
+    #: how item scores are scaled for reports (metric -> factor); 100 turns a 0/1 hit into %
+    item_scale: ClassVar[dict[str, float]] = {}

@@ -97,16 +97,21 @@ class LineTask(Task):
             out[f"pred{key}"] = first_line(pred)
         return out
 
-    def aggregate(self, positions: list[Position], outputs: list[dict | None], seed: int) -> TaskOutcome:
+    item_scale = {"em": 100.0, f"em@{PREFIX_ONLY}": 100.0}
+
+    def item_scores(self, positions: list[Position], outputs: list[dict | None]) -> dict[str, list[float]]:
         scores: dict[str, list[float]] = {m: [] for m in self.headline}
-        buckets: list[str] = []
         for pos, out in zip(positions, outputs, strict=True):
             target = pos.data["target"]
             for setting in ("", f"@{PREFIX_ONLY}"):
                 pred = (out or {}).get(f"pred{setting}", "")
                 scores[f"em{setting}"].append(exact_match(pred, target))
                 scores[f"edit_sim{setting}"].append(edit_similarity(pred, target))
-            buckets.append(context_bucket(pos.data["offset"]))
+        return scores
+
+    def aggregate(self, positions: list[Position], outputs: list[dict | None], seed: int) -> TaskOutcome:
+        scores = self.item_scores(positions, outputs)
+        buckets = [context_bucket(pos.data["offset"]) for pos in positions]
         rows: list[MetricRow] = []
         for metric in self.headline:
             scale = 100.0 if metric.startswith("em") else 1.0

@@ -56,19 +56,28 @@ class TokenTask(Task):
         ms = (time.perf_counter() - t0) * 1000
         return {"ranked": [str(t) for t in ranked[:K]], "ms": ms}
 
+    item_scale = {"top1": 100.0, "top5": 100.0, "mrr10": 100.0}
+
     @staticmethod
-    def item_scores(target: str, ranked: list[str]) -> dict[str, float]:
+    def scores_of(target: str, ranked: list[str]) -> dict[str, float]:
         return {
             "top1": top_k_hit(target, ranked, 1),
             "top5": top_k_hit(target, ranked, 5),
             "mrr10": reciprocal_rank(target, ranked, K),
         }
 
+    def item_scores(self, positions: list[Position], outputs: list[dict | None]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {m: [] for m in self.headline}
+        for pos, o in zip(positions, outputs, strict=True):
+            for m, v in self.scores_of(pos.data["target"], o["ranked"] if o else []).items():
+                out[m].append(v)
+        return out
+
     def aggregate(self, positions: list[Position], outputs: list[dict | None], seed: int) -> TaskOutcome:
         items = []
         for pos, out in zip(positions, outputs, strict=True):
             ranked = out["ranked"] if out else []
-            items.append((pos.data["kind"], self.item_scores(pos.data["target"], ranked)))
+            items.append((pos.data["kind"], self.scores_of(pos.data["target"], ranked)))
         rows: list[MetricRow] = []
         for metric in self.headline:
             rows.append(MetricRow(metric, mean_estimate([s[metric] for _, s in items], 100.0, seed)))

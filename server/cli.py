@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from kaffee.errors import KaffeeError
+from kaffee.server.options import parse_engine_options
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -64,49 +65,18 @@ def register(subparsers) -> None:
         "--max-lines", type=int, default=8, help="longest block suggestion in lines (default 8)"
     )
     complete.add_argument("--json", action="store_true", help="print JSON for scripts")
+    complete.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="project folder whose Java files give context (default: the nearest folder above FILE "
+        "holding .git, pom.xml, build.gradle or settings.gradle, else FILE's folder); 'none' for no project",
+    )
     complete.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     complete.add_argument(
         "--engine-option", action="append", default=[], metavar="KEY=VALUE", help="set an EngineOptions field"
     )
     complete.set_defaults(func=cmd_complete)
-
-
-def parse_engine_options(pairs: list[str], **base):
-    """EngineOptions from ``KEY=VALUE`` strings, each converted to the field's type."""
-    from dataclasses import fields
-
-    from kaffee.server.engine import EngineOptions
-
-    known = {f.name: f for f in fields(EngineOptions) if f.name != "cache"}
-    values = dict(base)
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in known:
-            raise KaffeeError(
-                f"--engine-option {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}"
-            )
-        default = getattr(EngineOptions(), key)
-        raw = raw.strip()
-        try:
-            if raw.lower() in ("none", "null") and key == "deadline_ms":
-                value = None
-            elif isinstance(default, bool):
-                if raw.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
-                    raise ValueError(raw)
-                value = raw.lower() in ("1", "true", "on", "yes")
-            elif isinstance(default, int):
-                value = int(raw)
-            elif isinstance(default, float) or key == "deadline_ms":
-                value = float(raw)
-            else:
-                value = raw
-        except ValueError as exc:
-            raise KaffeeError(
-                f"--engine-option {pair!r}: {raw!r} is not a valid {type(default).__name__}"
-            ) from exc
-        values[key] = value
-    return EngineOptions(**values)
 
 
 def setup_logging(level: str, log_file: Path | None) -> None:
@@ -180,6 +150,18 @@ def cursor_offset(text: str, line: int, col: int) -> int:
     return Document("file", text).offset_at(line - 1, col - 1, encoding="utf-32")
 
 
+PROJECT_MARKERS = (".git", "pom.xml", "build.gradle", "build.gradle.kts", "settings.gradle")
+
+
+def project_root(path: Path) -> Path:
+    """The nearest folder above ``path`` that looks like a project root, else ``path``'s folder."""
+    here = path.resolve().parent
+    for folder in (here, *here.parents):
+        if any((folder / m).exists() for m in PROJECT_MARKERS):
+            return folder
+    return here
+
+
 def cmd_complete(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, None)
     path, line, col = parse_spot(args.spot)
@@ -194,11 +176,19 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
         model_dir = default_model_dir()
     engine = CompletionEngine.from_model_dir(model_dir, options, device=args.device)
-    engine.update_document(path.resolve().as_uri(), text)
-    engine.cache.refresh(wait=True)
+    uri = path.resolve().as_uri()
+    root = project_root(path) if args.workspace is None else args.workspace
+    if str(root) != "none":
+        from kaffee.server.workspace import scan_java_files
+
+        if not root.is_dir():
+            raise KaffeeError(f"--workspace {root} is not a directory")
+        engine.set_workspace_files(scan_java_files([root]))
+    engine.update_document(uri, text)
+    engine.settle()
     prefix, suffix = text[:offset], text[offset:]
-    tokens = engine.next_tokens(prefix, suffix, k=max(1, args.k))
-    completion = engine.complete(prefix, suffix)
+    tokens = engine.next_tokens(prefix, suffix, k=max(1, args.k), document=uri)
+    completion = engine.complete(prefix, suffix, document=uri)
     if args.json:
         out = {
             "file": str(path),

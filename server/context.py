@@ -41,7 +41,7 @@ class BlockContext:
     closer_in_suffix: bool  # the text after the cursor already closes the block
 
 
-def _snap_to_line(text: str, pos: int) -> int:
+def snap_to_line(text: str, pos: int) -> int:
     """The first line start at or after ``pos`` (``pos`` itself when no line break follows)."""
     if pos <= 0:
         return 0
@@ -104,8 +104,13 @@ def build_prompt(
     heal: bool,
     chars_per_token: float = 3.5,
     encoder: PrefixEncoder | None = None,
+    head: list[int] | None = None,
 ) -> Prompt:
-    """Encode the window before the cursor (and the suffix for FIM), backing off the last pre-token."""
+    """Encode the window before the cursor (and the suffix for FIM), backing off the last pre-token.
+
+    ``head`` (project context, already separated from what follows) goes first; the
+    window then starts without the end-of-text token a file start otherwise gets.
+    """
     use_fim = fim and suffix_tokens > 0 and bool(suffix.strip())
     suffix_ids: list[int] = []
     if use_fim:
@@ -115,13 +120,13 @@ def build_prompt(
         budget_tokens -= len(suffix_ids) + 3
     budget_tokens = max(8, budget_tokens)
     window_chars = max(64, int(budget_tokens * chars_per_token))
-    start = _snap_to_line(prefix, window_start(len(prefix), window_chars))
+    start = snap_to_line(prefix, window_start(len(prefix), window_chars))
     while True:
         ids = encoder.encode(prefix[start:]) if encoder is not None else tokenizer.encode(prefix[start:])
         if len(ids) + 1 <= budget_tokens:
             break
         step = max(1, window_chars // 4)
-        nxt = _snap_to_line(prefix, start + step)
+        nxt = snap_to_line(prefix, start + step)
         if nxt >= len(prefix) - step or nxt <= start:  # one giant line: keep its last tokens
             ids = ids[-(budget_tokens - 1) :]
             break
@@ -145,6 +150,8 @@ def build_prompt(
             + suffix_ids
             + [tokenizer.fim_middle_id]
         )
+    elif head:
+        ids = list(head) + ids
     elif start == 0 or not ids:
         ids = [tokenizer.eos_id] + ids  # training puts an end-of-text token before every file
     return Prompt(ids=ids, heal=healed, window_start=start, fim=use_fim)

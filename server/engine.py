@@ -32,11 +32,14 @@ from kaffee.server.context import (
     current_line_prefix,
     current_line_suffix,
     detect_indent,
+    snap_to_line,
+    window_start,
 )
 from kaffee.server.decode import Generation, Runner, Vocab, greedy, token_beam
 from kaffee.server.fastgpt import QUANTIZE_MODES, FastGPT
 from kaffee.server.java_tokens import trailing_word
 from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
+from kaffee.server.project import ProjectConfig, ProjectIndex, prompt_head
 from kaffee.training.gpt import GPTModel
 from kaffee.training.lm import DecodeState, LanguageModel
 from kaffee.training.ngram import NgramConfig, NgramCounts, NgramModel
@@ -69,6 +72,10 @@ class EngineOptions:
     naive: bool = False  # baseline: `generate` on the full re-encoded context per request, no reuse
     step_delay_ms: float = 0.0  # testing aid: sleep this long before every model call (a slow model)
     cache: CacheConfig = field(default_factory=CacheConfig)  # workspace cache settings
+    project_context: bool = (
+        True  # put similar code and declarations from the project's other files into the prompt
+    )
+    project: ProjectConfig = field(default_factory=ProjectConfig)  # project context settings
 
     def __post_init__(self) -> None:
         if self.max_lines < 1:
@@ -112,6 +119,16 @@ class EngineStats:
 
 
 @dataclass
+class _Pin:
+    """A document's project context, kept while the cursor stays near so the KV cache stays valid."""
+
+    line: int  # cursor line it was computed for
+    generation: int  # ProjectIndex.generation then (a new workspace invalidates it)
+    complete: bool  # the index had nothing pending then
+    ids: list[int]  # the prompt head
+
+
+@dataclass
 class _Previous:
     prefix: str
     suffix: str
@@ -141,6 +158,8 @@ class CompletionEngine:
         self.vocab = Vocab(self.tokenizer)
         self.encoder = PrefixEncoder(self.tokenizer)
         self.cache = WorkspaceCache(self.tokenizer, self.options.cache)
+        self.project = ProjectIndex(self.options.project)
+        self._pins: dict[str | None, _Pin] = {}
         self._fallback = fallback
         self._fallback_built_at = -1
         self.stats = EngineStats()
@@ -207,15 +226,39 @@ class CompletionEngine:
     def set_workspace_files(self, files: dict[str, str]) -> None:
         """Text of the project's files (key: path or URI), for the workspace cache and the fallback."""
         self.cache.set_files(files)
+        self.project.set_files(files)
         if self.options.workspace_cache or self.degraded:
             self.cache.refresh()
+        if self.options.project_context:
+            self.project.refresh()
 
     def update_document(self, uri: str, text: str) -> None:
-        """The current text of an open document (cheap: the cache rebuilds in the background)."""
+        """The current text of an open document (cheap: the cache and the index update in the background)."""
         self.cache.update(uri, text)
+        self.project.update(uri, text)
 
     def remove_document(self, uri: str) -> None:
+        """The editor closed ``uri``; the file stays in the project index (see :meth:`forget_file`)."""
         self.cache.remove(uri)
+
+    def workspace_file(self, uri: str, text: str) -> None:
+        """A workspace file changed on disk (not open in the editor): re-index it."""
+        self.project.update(uri, text)
+        if self.options.project_context:
+            self.project.refresh()
+
+    def forget_file(self, uri: str) -> None:
+        """``uri`` was deleted from the workspace."""
+        self.cache.remove(uri)
+        self.project.remove(uri)
+        self._pins.pop(uri, None)
+
+    def settle(self) -> None:
+        """Finish pending cache and index work now (evaluation: answers must not depend on thread timing)."""
+        if self.options.workspace_cache:
+            self.cache.refresh(wait=True)
+        if self.options.project_context:
+            self.project.refresh(wait=True)
 
     # -- the two questions -------------------------------------------------------------------
     def next_tokens(
@@ -225,19 +268,23 @@ class CompletionEngine:
         k: int = 10,
         deadline: float | None = None,
         cancel: threading.Event | None = None,
+        document: str | None = None,
     ) -> list[TokenSuggestion]:
         """The ``k`` most likely whole Java tokens at the cursor, best first.
 
         A suggestion's text is the token that starts at the cursor; if the cursor ends a
         word and the model continues that word, the suggestion is the whole word and
-        ``attached`` is True. ``deadline`` is a ``time.monotonic()`` instant.
+        ``attached`` is True. ``deadline`` is a ``time.monotonic()`` instant. ``document``
+        (its URI) names the file for project context: it is not retrieved from itself.
         """
         deadline = self._deadline(deadline)
         if not self._acquire(cancel, deadline):
             return []
         try:
             self.stats.requests += 1
-            return self._with_fallback(lambda: self._next_tokens(prefix, suffix, k, deadline, cancel), [])
+            return self._with_fallback(
+                lambda: self._next_tokens(prefix, suffix, k, deadline, cancel, document), []
+            )
         finally:
             self._lock.release()
 
@@ -248,6 +295,7 @@ class CompletionEngine:
         max_lines: int | None = None,
         deadline: float | None = None,
         cancel: threading.Event | None = None,
+        document: str | None = None,
     ) -> Completion:
         """The rest of the line, or the body of the block the cursor just opened.
 
@@ -262,7 +310,8 @@ class CompletionEngine:
         try:
             self.stats.requests += 1
             text, reason, tokens = self._with_fallback(
-                lambda: self._complete(prefix, suffix, max_lines, deadline, cancel), ("", "error", 0)
+                lambda: self._complete(prefix, suffix, max_lines, deadline, cancel, document),
+                ("", "error", 0),
             )
         finally:
             self._lock.release()
@@ -353,23 +402,52 @@ class CompletionEngine:
         room = self.options.max_new_tokens + self.options.speculate + 2
         return max(16, min(self.options.context_tokens, self.model.max_context - room))
 
-    def _prompt(self, prefix: str, suffix: str, heal: bool = True) -> Prompt:
+    def _project_head(self, prefix: str, suffix: str, document: str | None, budget: int) -> list[int]:
+        """Project context ids for this cursor: pinned per document while the cursor stays near."""
+        cfg = self.options.project
+        line = prefix.count("\n")
+        pin = self._pins.get(document)
+        index = self.project
+        if (
+            pin is not None
+            and pin.generation == index.generation
+            and (pin.complete or index.pending)
+            and abs(line - pin.line) <= cfg.pin_lines
+        ):
+            return pin.ids
+        index.refresh()  # pending updates, in the background
+        head_budget = min(cfg.budget_tokens, budget // 2)  # the file's own window keeps at least half
+        chars = int(max(64, budget - head_budget) * 3.5)
+        start = snap_to_line(prefix, window_start(len(prefix), chars))
+        blocks = index.context(prefix, suffix, document, start)
+        ids = prompt_head(blocks, self.tokenizer.encode, self.tokenizer.eos_id, head_budget, cfg.form)
+        if len(self._pins) >= 32:
+            self._pins.pop(next(iter(self._pins)))
+        self._pins[document] = _Pin(line, index.generation, not index.pending, ids)
+        return ids
+
+    def _prompt(self, prefix: str, suffix: str, heal: bool = True, document: str | None = None) -> Prompt:
         fim = self.options.fim and self.model.supports_fim and not self.degraded
+        budget = self._budget()
+        head: list[int] = []
+        if self.options.project_context and not fim and not self.degraded and budget >= 128:
+            head = self._project_head(prefix, suffix, document, budget)
         return build_prompt(
             self.tokenizer,
             prefix,
             suffix,
-            budget_tokens=self._budget(),
+            budget_tokens=budget - len(head),
+            head=head,
             suffix_tokens=self.options.suffix_tokens,
             fim=fim,
             heal=heal and self.options.token_healing,
             encoder=self.encoder,
         )
 
-    def _next_tokens(self, prefix, suffix, k, deadline, cancel) -> list[TokenSuggestion]:
+    def _next_tokens(self, prefix, suffix, k, deadline, cancel, document) -> list[TokenSuggestion]:
         if self.degraded and self._fallback is None:
             self._use_fallback(prefix[-20000:])
-        prompt = self._prompt(prefix, suffix)
+        prompt = self._prompt(prefix, suffix, document=document)
         state = self._state_for(prompt.ids)
         ranked = token_beam(
             self.runner,
@@ -386,7 +464,7 @@ class CompletionEngine:
         )
         return [TokenSuggestion(c.text, lp, c.attached) for c, lp in ranked]
 
-    def _complete(self, prefix, suffix, max_lines, deadline, cancel) -> tuple[str, str, int]:
+    def _complete(self, prefix, suffix, max_lines, deadline, cancel, document) -> tuple[str, str, int]:
         opts = self.options
         reused = self._reuse(prefix, suffix)
         if reused is not None:
@@ -401,9 +479,9 @@ class CompletionEngine:
         stop = BlockStop(block, max_lines, style) if block else LineStop(line_suffix)
         max_new = opts.max_new_tokens_block if block else opts.max_new_tokens
         if opts.naive:
-            gen = self._naive(prefix, suffix, stop, max_new)
+            gen = self._naive(prefix, suffix, stop, max_new, document)
         else:
-            prompt = self._prompt(prefix, suffix)
+            prompt = self._prompt(prefix, suffix, document=document)
             state = self._state_for(prompt.ids)
             previous = self._previous.ids if self._previous is not None else None
             gen = greedy(
@@ -451,10 +529,10 @@ class CompletionEngine:
             return None
         return prev.text[len(typed) :]
 
-    def _naive(self, prefix: str, suffix: str, stop, max_new: int) -> Generation:
+    def _naive(self, prefix: str, suffix: str, stop, max_new: int, document: str | None) -> Generation:
         """The baseline: encode the whole window and call ``generate``, every time, no early stop."""
         model = self.model
-        prompt = self._prompt(prefix, suffix, heal=False)
+        prompt = self._prompt(prefix, suffix, heal=False, document=document)
         eos = self.tokenizer.eos_id
         if isinstance(model, GPTModel):
             x = torch.tensor([prompt.ids], device=model.device)

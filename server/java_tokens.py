@@ -27,6 +27,7 @@ SEPARATORS = "(){}[];,.@"
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = {v: k for k, v in OPENERS.items()}
 WORD_CHARS = re.compile(r"[\w$]")
+_WORD = re.compile(r"(?:[^\W\d]|\$)[\w$]*")
 
 # Order matters: comments and literals before operators, text blocks before strings.
 _LEXER = re.compile(
@@ -101,6 +102,15 @@ def first_token(text: str) -> tuple[Lexeme | None, bool]:
             lexeme = _lexeme(m)
             return lexeme, m.end() < len(text)
         pos = m.end()
+
+
+def identifiers(text: str) -> list[str]:
+    """Every identifier-shaped word of ``text`` in order (keywords and true/false/null left out).
+
+    A fast approximation of ``lex`` for bag-of-words uses (retrieval): words inside
+    comments and strings count too.
+    """
+    return [w for w in _WORD.findall(text) if w not in KEYWORDS and w not in LITERAL_WORDS]
 
 
 def is_word_char(ch: str) -> bool:

@@ -25,7 +25,7 @@ from kaffee.server.engine import Completion, CompletionEngine, EngineOptions, To
 from kaffee.server.java_tokens import first_token, trailing_word
 from kaffee.server.memory import trim_heap
 from kaffee.server.settings import ServerSettings, parse_settings
-from kaffee.server.workspace import scan_java_files
+from kaffee.server.workspace import ScanLimits, read_java_file, scan_java_files
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 from pygls.lsp.server import LanguageServer
@@ -188,11 +188,15 @@ class KaffeeLanguageServer(LanguageServer):
         turned_on = settings.workspace_context and not self.settings.workspace_context
         self.settings = settings
         self.engine_options = replace(
-            self.engine_options, max_lines=settings.max_lines, workspace_cache=settings.workspace_context
+            self.engine_options,
+            max_lines=settings.max_lines,
+            workspace_cache=settings.workspace_context,
+            project_context=settings.workspace_context,
         )
         if self.engine is not None:
             self.engine.options.max_lines = settings.max_lines
             self.engine.options.workspace_cache = settings.workspace_context
+            self.engine.options.project_context = settings.workspace_context
         if not initial:
             self.load_engine()
             if turned_on and self.engine is not None:
@@ -297,6 +301,37 @@ class KaffeeLanguageServer(LanguageServer):
                 ev.set()  # its answer is stale now
         if self.engine is not None:
             self.engine.update_document(uri, doc.text)
+
+    def on_watched_files(self, params: types.DidChangeWatchedFilesParams) -> None:
+        """Java files created, changed or deleted on disk: update the project index off the event loop."""
+        changes = [
+            (c.uri, c.type)
+            for c in params.changes
+            if c.uri.endswith(".java")
+            and c.uri not in self.documents  # an open document's text is the editor's
+        ]
+        engine = self.engine
+        if not changes or engine is None or not self.settings.workspace_context:
+            return
+
+        def apply() -> None:
+            limit = ScanLimits().max_file_bytes
+            for uri, kind in changes:
+                try:
+                    path = to_fs_path(uri)
+                    text = (
+                        None
+                        if kind == types.FileChangeType.Deleted or not path
+                        else read_java_file(Path(path), limit)
+                    )
+                    if text is None:
+                        engine.forget_file(uri)
+                    else:
+                        engine.workspace_file(uri, text)
+                except Exception:  # a file that vanished while we read it, a bad URI: skip it
+                    log.debug("watched file %s not applied", uri, exc_info=True)
+
+        threading.Thread(target=apply, name="kaffee-watch", daemon=True).start()
 
     def on_close(self, params: types.DidCloseTextDocumentParams) -> None:
         self.documents.close(params.text_document.uri)
@@ -415,6 +450,27 @@ def build_server(
     @server.feature(types.INITIALIZED)
     def initialized(ls: KaffeeLanguageServer, params: types.InitializedParams) -> None:
         ls.load_engine()
+        caps = ls.client_capabilities.workspace
+        watched = caps.did_change_watched_files if caps is not None else None
+        if watched is not None and watched.dynamic_registration:
+            options = types.DidChangeWatchedFilesRegistrationOptions(
+                watchers=[types.FileSystemWatcher(glob_pattern="**/*.java")]
+            )
+            ls.client_register_capability(
+                types.RegistrationParams(
+                    registrations=[
+                        types.Registration(
+                            id="kaffee-java-files",
+                            method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                            register_options=options,
+                        )
+                    ]
+                )
+            )
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched_files(ls: KaffeeLanguageServer, params: types.DidChangeWatchedFilesParams) -> None:
+        ls.on_watched_files(params)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(
@@ -440,9 +496,9 @@ def build_server(
             if engine is None:
                 return [], None
             tokens = engine.next_tokens(
-                cur.prefix, cur.suffix, k=TOKEN_ITEMS, deadline=deadline, cancel=cancel
+                cur.prefix, cur.suffix, k=TOKEN_ITEMS, deadline=deadline, cancel=cancel, document=cur.uri
             )
-            line = engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel)
+            line = engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel, document=cur.uri)
             return tokens, line
 
         tokens, line = await ls.run_model(cur.uri, "completion", job)
@@ -461,7 +517,7 @@ def build_server(
             engine = ls.engine
             if engine is None:
                 return None
-            return engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel)
+            return engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel, document=cur.uri)
 
         result = await ls.run_model(cur.uri, "inline", job)
         if result is None or not result.text:
