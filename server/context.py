@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from kaffee.data.tokenizer import KaffeeTokenizer
+from kaffee.server.java_tokens import lex
 
 
 @dataclass
@@ -191,11 +192,31 @@ def block_context(prefix: str, suffix: str) -> BlockContext | None:
     if not before.endswith("{"):
         return None
     open_line = before[before.rfind("\n") + 1 :]
+    open_indent = leading_ws(open_line)
     return BlockContext(
-        open_indent=leading_ws(open_line),
+        open_indent=open_indent,
         line_prefix=line_prefix,
-        closer_in_suffix=suffix.lstrip().startswith("}"),
+        closer_in_suffix=suffix.lstrip().startswith("}") or block_closed_in(suffix, open_indent),
     )
+
+
+def block_closed_in(suffix: str, open_indent: str, max_chars: int = 20_000) -> bool:
+    """Whether ``suffix`` already closes the block just opened: the first ``}`` that balances it
+    starts a line indented like the opening line (the cursor is at the top of an existing body).
+
+    A ``}`` at another indentation is taken to close an enclosing block, so a new method
+    typed above others in a class is still completed with its own ``}``.
+    """
+    text = suffix[:max_chars]
+    depth = 1
+    for t in lex(text):
+        if t.kind != "separator" or t.text not in "{}":
+            continue
+        depth += 1 if t.text == "{" else -1
+        if depth == 0:
+            line_start = text.rfind("\n", 0, t.start) + 1
+            return text[line_start : t.start] == open_indent
+    return False
 
 
 def detect_indent(text: str, default_width: int = 4) -> IndentStyle:

@@ -502,7 +502,7 @@ class CompletionEngine:
         if block:
             text = finish_block(gen.text, block, suffix, style)
         else:
-            text = finish_line(gen.text, line_suffix, current_line_prefix(prefix), style)
+            text = finish_line(gen.text, line_suffix, current_line_prefix(prefix), style, suffix)
         if gen.reason in NATURAL_STOPS and not block and text:
             self._previous = _Previous(
                 prefix, suffix, text, list(self._states[-1].ids) if self._states else []

@@ -162,7 +162,18 @@ def reindent(text: str, line_prefix: str, style: IndentStyle) -> str:
     return "\n".join(out)
 
 
-def finish_line(text: str, line_suffix: str, line_prefix: str, style: IndentStyle) -> str:
+def repeats_next_line(text: str, line_prefix: str, suffix: str) -> bool:
+    """A whole-line suggestion on a blank line that is the very next line after the cursor."""
+    if line_prefix.strip() or not text.strip():
+        return False
+    following = [ln.strip() for ln in suffix.split("\n")[1:] if ln.strip()]
+    return bool(following) and following[0] == text.strip()
+
+
+def finish_line(text: str, line_suffix: str, line_prefix: str, style: IndentStyle, suffix: str = "") -> str:
+    """The cleaned single-line suggestion; empty when it would only repeat the next line."""
+    if repeats_next_line(text, line_prefix, suffix):
+        return ""
     text = trim_suffix_overlap(text, line_suffix)
     text = reindent(text, line_prefix, style)
     return text.rstrip() if text.strip() else ""

@@ -1,0 +1,46 @@
+"""The text after the cursor never makes a suggestion wrong: no early close, no repeated line."""
+
+from __future__ import annotations
+
+from kaffee.server.context import IndentStyle, block_closed_in, block_context
+from kaffee.server.postprocess import BlockStop, finish_line, repeats_next_line
+
+STYLE = IndentStyle(tabs=False, width=4)
+METHOD_TOP = (
+    "class Bank {\n    Account open(String owner) {\n        ",
+    "\n        Account a = new Account(owner);\n        return a;\n    }\n\n    void close() {\n    }\n}\n",
+)
+
+
+def test_block_already_closed_by_the_existing_body():
+    prefix, suffix = METHOD_TOP
+    assert block_closed_in(suffix, "    ")
+    ctx = block_context(prefix, suffix)
+    assert ctx is not None and ctx.closer_in_suffix
+    stop = BlockStop(ctx, 8, STYLE)
+    cut = stop.feed("return new Account(owner);\n    }\n")
+    assert cut is not None and cut.reason == "block_end"
+    assert "}" not in "return new Account(owner);\n    }\n"[: cut.at]
+
+
+def test_new_method_above_others_still_gets_its_closer():
+    prefix = "class Bank {\n    void audit() {\n        "
+    suffix = "\n\n    void close() {\n    }\n}\n"  # the only balancing } is the class's, at column 0
+    assert not block_closed_in(suffix, "    ")
+    ctx = block_context(prefix, suffix)
+    assert ctx is not None and not ctx.closer_in_suffix
+    cut = BlockStop(ctx, 8, STYLE).feed("log();\n    }\n")
+    assert cut is not None and "}" in "log();\n    }\n"[: cut.at]
+
+
+def test_brackets_inside_strings_and_comments_do_not_count():
+    assert not block_closed_in('\n        s = "}";\n        // }\n}\n', "    ")
+
+
+def test_line_that_repeats_the_next_line_is_dropped():
+    assert repeats_next_line("return total;", "        ", "\n        return total;\n    }\n")
+    assert not repeats_next_line("return total;", "        x = ", "\n        return total;\n")
+    assert finish_line("return total;", "", "        ", STYLE, "\n        return total;\n    }") == ""
+    assert (
+        finish_line("total += x;", "", "        ", STYLE, "\n        return total;\n    }") == "total += x;"
+    )
