@@ -109,14 +109,17 @@ def test_typing_through_a_suggestion_reuses_it(tiny_model_dir: Path) -> None:
     assert other.stop_reason != "reuse"
 
 
-def test_speculation_and_int8_do_not_change_plain_greedy(tiny_model_dir: Path) -> None:
-    plain = CompletionEngine.from_model_dir(tiny_model_dir, EngineOptions(**PLAIN))
-    spec = CompletionEngine.from_model_dir(tiny_model_dir, EngineOptions(**{**PLAIN, "speculate": 8}))
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_speculation_does_not_change_plain_greedy(tiny_model_dir: Path, quantize: str) -> None:
+    options = {**PLAIN, "quantize": quantize}
+    plain = CompletionEngine.from_model_dir(tiny_model_dir, EngineOptions(**options))
+    spec = CompletionEngine.from_model_dir(tiny_model_dir, EngineOptions(**{**options, "speculate": 8}))
+    assert plain.model.quantize == spec.model.quantize == quantize
     naive = CompletionEngine.from_model_dir(
-        tiny_model_dir, EngineOptions(**{**PLAIN, "naive": True, "token_healing": False})
+        tiny_model_dir, EngineOptions(**{**options, "naive": True, "token_healing": False})
     )
     nohealing = CompletionEngine.from_model_dir(
-        tiny_model_dir, EngineOptions(**{**PLAIN, "token_healing": False})
+        tiny_model_dir, EngineOptions(**{**options, "token_healing": False})
     )
     prefixes = [
         MAIN,
@@ -208,8 +211,13 @@ def test_workspace_cache_lifts_project_identifiers(tiny_model_dir: Path) -> None
 @pytest.mark.parametrize("family", ["lstm", "ngram"])
 def test_other_families_answer(family: str, tiny_lstm_dir: Path, tiny_ngram_dir: Path) -> None:
     eng = CompletionEngine.from_model_dir(tiny_lstm_dir if family == "lstm" else tiny_ngram_dir)
-    assert isinstance(eng.complete(MAIN, AFTER).text, str)
-    assert eng.next_tokens(MAIN, AFTER, k=3)
+    assert eng.model.family == family and not eng.degraded
+    c = eng.complete(MAIN, AFTER)
+    assert c.text and "\n" not in c.text and c.stop_reason in ("newline", "length"), c
+    toks = eng.next_tokens(MAIN, AFTER, k=3)
+    assert len(toks) == 3 and [t.logprob for t in toks] == sorted((t.logprob for t in toks), reverse=True)
+    if family == "ngram":  # counted over the samples MAIN comes from; the tiny LSTM is too weak to know
+        assert c.text.startswith("println(") and toks[0].text == "println", (c, toks)
 
 
 def test_a_model_that_fails_to_load_degrades_to_ngram(tiny_model_dir: Path, tmp_path: Path, caplog) -> None:
@@ -243,7 +251,9 @@ def test_a_model_that_raises_degrades_once(tiny_model_dir: Path, caplog) -> None
         second = eng.complete(MAIN + "p", AFTER)
         toks = eng.next_tokens(MAIN, AFTER)
     assert eng.degraded and "simulated kernel failure" in eng.stats.fallback_reason
-    assert isinstance(first.text, str) and isinstance(second.text, str) and isinstance(toks, list)
+    # the n-gram fallback is counted over the text it has seen (the document), so it answers from it
+    assert eng.model.family == "ngram" and first.text and second.text and toks
+    assert all(t.text in MAIN for t in toks), toks
     assert sum("n-gram" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -258,7 +268,7 @@ def test_engine_never_fails_on_odd_text(
     engine: CompletionEngine, prefix: str, suffix: str, max_lines: int
 ) -> None:
     c = engine.complete(prefix, suffix, max_lines=max_lines)
-    assert isinstance(c.text, str) and len(c.text.split("\n")) <= max_lines + 1
+    assert len(c.text.split("\n")) <= max_lines and c.stop_reason != "error", c
     for t in engine.next_tokens(prefix, suffix, k=3):
         assert t.text and t.text == t.text.lstrip()
 

@@ -139,9 +139,11 @@ async def test_inline_completion_of_a_block_stops_before_the_existing_brace(clie
     text = "public class Main {\n    public static void main(String[] args) {\n        \n    }\n}\n"
     uri = open_doc(client, "Block.java", text)
     result = await inline(client, uri, types.Position(line=2, character=8))
-    if result.items:  # the tiny model may suggest nothing; it must never repeat the "}" below
-        body = result.items[0].insert_text
-        assert not body.rstrip().endswith("}") or body.count("{") >= body.count("}")
+    assert len(result.items) == 1, "no suggestion in an empty method body"
+    body = result.items[0].insert_text
+    assert body.strip(), body
+    # it must never repeat the "}" below: a closing brace it ends with closes a block it opened
+    assert not body.rstrip().endswith("}") or body.count("{") >= body.count("}"), body
 
 
 async def test_unknown_document_gets_an_empty_answer(client: LanguageClient) -> None:
@@ -152,12 +154,18 @@ async def test_unknown_document_gets_an_empty_answer(client: LanguageClient) -> 
 
 async def test_positions_past_the_end_are_clamped(client: LanguageClient) -> None:
     uri = open_doc(client, "Clamp.java", SOURCE)
-    for pos in (types.Position(line=6, character=10_000), types.Position(line=10_000, character=3)):
+    end_of_line = types.Position(line=6, character=len("        System.out."))
+    end_of_text = types.Position(line=SOURCE.count("\n"), character=0)
+    for pos, clamped in (
+        (types.Position(line=6, character=10_000), end_of_line),
+        (types.Position(line=10_000, character=3), end_of_text),
+    ):
         result = await complete(client, uri, pos)
-        assert isinstance(result, types.CompletionList)
-        for item in result.items:
-            assert item.text_edit.range.end.line <= SOURCE.count("\n")
-        assert isinstance(await inline(client, uri, pos), types.InlineCompletionList)
+        assert result.items, pos
+        assert all(item.text_edit.range.end == clamped for item in result.items), (pos, result.items)
+        assert all(item.range.end == clamped for item in (await inline(client, uri, pos)).items)
+    result = await complete(client, uri, types.Position(line=6, character=10_000))
+    assert sorted(result.items, key=lambda i: i.sort_text)[0].label == "println"
 
 
 async def test_surrogate_pairs_around_the_cursor(client: LanguageClient) -> None:
@@ -172,7 +180,8 @@ async def test_surrogate_pairs_around_the_cursor(client: LanguageClient) -> None
     mid = len('        String s = "😀'.encode("utf-16-le")) // 2 - 1
     result = await complete(client, uri, types.Position(line=6, character=mid))
     snapped = len('        String s = "'.encode("utf-16-le")) // 2
-    assert all(i.text_edit.range.end.character == snapped for i in result.items)
+    assert result.items
+    assert all(i.text_edit.range.end == types.Position(line=6, character=snapped) for i in result.items)
     assert isinstance(
         await inline(client, uri, types.Position(line=6, character=mid)), types.InlineCompletionList
     )
@@ -187,8 +196,10 @@ async def test_a_5mb_file(client: LanguageClient) -> None:
     line = text[: text.index("System.out.")].count("\n")
     t0 = time.monotonic()
     result = await inline(client, uri, types.Position(line=line, character=len("        System.out.")))
-    assert isinstance(result, types.InlineCompletionList)
     assert time.monotonic() - t0 < 30
+    # an answer, from a context of filler comments (the tiny model then guesses another member)
+    assert len(result.items) == 1 and result.items[0].insert_text.strip(), result.items
+    assert result.items[0].range.start == types.Position(line=line, character=len("        System.out."))
 
 
 async def test_binary_content(client: LanguageClient) -> None:
@@ -236,11 +247,15 @@ async def test_a_burst_of_1000_edits(client: LanguageClient) -> None:
         )
     expected_len = 1000 % len(typed)
     pos = types.Position(line=6, character=len("        System.out.") + expected_len)
-    result = await inline(client, uri, pos)
-    assert isinstance(result, types.InlineCompletionList)
-    # the server's copy of the document matches what the edits say: complete the next word
+    assert typed[:expected_len] == "println(accoun"
+    # the server's copy of the document matches what the edits say: complete the word being typed
     result = await complete(client, uri, pos)
-    assert all(i.text_edit.range.end == pos for i in result.items)
+    assert result.items and all(i.text_edit.range.end == pos for i in result.items)
+    word_start = types.Position(line=6, character=pos.character - len("accoun"))
+    account = [i for i in result.items if i.label == "account"]
+    assert account and account[0].text_edit.range.start == word_start, [i.label for i in result.items]
+    result = await inline(client, uri, pos)
+    assert len(result.items) == 1 and result.items[0].insert_text.startswith("t"), result.items
 
 
 async def test_settings_change_valid_and_invalid(client: LanguageClient) -> None:
@@ -250,7 +265,8 @@ async def test_settings_change_valid_and_invalid(client: LanguageClient) -> None
     )
     uri = open_doc(client, "Settings.java", "public class A {\n    void f() {\n        \n    }\n}\n")
     result = await inline(client, uri, types.Position(line=2, character=8))
-    assert all("\n" not in i.insert_text for i in result.items)  # maxLines=1: never a block
+    assert len(result.items) == 1 and result.items[0].insert_text.strip(), result.items
+    assert "\n" not in result.items[0].insert_text  # maxLines=1: never a block
     assert len(client.messages) == before
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"maxLines": "many", "device": "gpu", "colour": "red"})
@@ -261,33 +277,39 @@ async def test_settings_change_valid_and_invalid(client: LanguageClient) -> None
     assert "maxLines" in texts and "device" in texts and "colour" in texts
     assert all(m.type == types.MessageType.Warning for m in client.messages[before:])
     # still serving, with defaults for the bad values
-    assert isinstance(
-        await complete(client, open_doc(client, "After.java", SOURCE), CURSOR), types.CompletionList
-    )
+    result = await complete(client, open_doc(client, "After.java", SOURCE), CURSOR)
+    assert "println" in [i.label for i in result.items]
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"deadlineMs": 30_000})
     )
 
 
-async def test_newer_request_supersedes_older(client: LanguageClient) -> None:
-    uri = open_doc(client, "Supersede.java", SOURCE)
-    first = asyncio.ensure_future(inline(client, uri, CURSOR))
-    second = asyncio.ensure_future(inline(client, uri, CURSOR))
-    done = await asyncio.gather(first, second, return_exceptions=True)
-    # the older one either finished before the newer arrived or was cancelled; the newer answers
-    assert isinstance(done[1], types.InlineCompletionList)
-    assert isinstance(done[0], types.InlineCompletionList) or isinstance(done[0], JsonRpcException)
+async def test_newer_request_supersedes_older(tiny_model_dir: Path) -> None:
+    # slow model calls, so the older request is surely still decoding when the newer one arrives
+    client = await start(tiny_model_dir, {"deadlineMs": 60_000}, env=_env(KAFFEE_STEP_DELAY_MS="100"))
+    try:
+        uri = open_doc(client, "Supersede.java", SOURCE)
+        first = asyncio.ensure_future(inline(client, uri, CURSOR))
+        second = asyncio.ensure_future(inline(client, uri, CURSOR))
+        done = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(done[0], JsonRpcException) and done[0].code == -32800, done[0]  # RequestCancelled
+        assert isinstance(done[1], types.InlineCompletionList), done[1]
+        assert done[1].items[0].insert_text.startswith("println("), done[1]
+    finally:
+        await stop(client)
 
 
 async def test_request_during_shutdown_gets_an_error(tiny_model_dir: Path) -> None:
-    client = await start(tiny_model_dir, {"deadlineMs": 30_000})
+    # slow model calls, so the first request is surely still decoding when shutdown arrives
+    client = await start(tiny_model_dir, {"deadlineMs": 30_000}, env=_env(KAFFEE_STEP_DELAY_MS="100"))
     try:
         uri = open_doc(client, "Main.java", SOURCE)
         pending = asyncio.ensure_future(inline(client, uri, CURSOR))
+        await asyncio.sleep(0.3)
         await asyncio.wait_for(client.shutdown_async(None), 30)
         late = asyncio.ensure_future(inline(client, uri, CURSOR))
         results = await asyncio.gather(pending, late, return_exceptions=True)
-        assert isinstance(results[0], types.InlineCompletionList | JsonRpcException)
+        assert isinstance(results[0], JsonRpcException) and results[0].code == -32800, results[0]
         assert isinstance(results[1], JsonRpcException), results[1]
         client.exit(None)
         assert await asyncio.wait_for(client._server.wait(), 30) == 0

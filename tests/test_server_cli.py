@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,12 @@ def test_complete_prints_both_kinds_of_suggestions(tiny_model_dir: Path, tmp_pat
     assert {"text", "stop_reason", "tokens", "elapsed_ms"} <= set(data["completion"])
     human = kaffee("complete", spot, "--model", str(tiny_model_dir), "-k", "3")
     assert human.returncode == 0, human.stderr
-    assert "next tokens:" in human.stdout and "println" in human.stdout
-    assert human.stdout.count("\n   ") <= 4 or "line" in human.stdout
+    lines = human.stdout.splitlines()
+    assert lines[1] == "next tokens:"
+    ranked = [ln for ln in lines if re.match(r" +\d+\. ", ln)]
+    assert len(ranked) == 3 and ranked[0].startswith("   1. 'println'"), ranked  # -k 3
+    head = next(i for i, ln in enumerate(lines) if ln.startswith(("line (", "block (")))
+    assert head == 2 + len(ranked) and lines[head + 1].startswith("  | println("), lines
 
 
 def test_complete_reports_bad_input_clearly(tmp_path: Path) -> None:
