@@ -227,7 +227,8 @@ def test_cli_errors_are_clear(jsonl_corpus, tmp_path):
 
 
 def test_ddp_two_cpu_processes_agree(jsonl_corpus, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: a c10d rendezvous on localhost:0, so the OS picks a free port (no fixed port to collide on)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "kaffee", "train", "--family", "gpt", "--preset", "nano", "--corpus", str(jsonl_corpus / "train.jsonl"),
            "--tokenizer", str(jsonl_corpus / "tokenizer.json"), "--out", str(tmp_path / "ddp"),
            "--max-steps", "5", "--block-size", "32", "--batch-size", "2"]
