@@ -44,6 +44,8 @@ class ReplayConfig:
     device: str = "cpu"  # server device
     engine_options: list[str] = field(default_factory=list)  # extra --engine-option KEY=VALUE for both runs
     server_log: Path | None = None  # server log file (default: discarded)
+    workspace: Path | None = None  # project folder opened as the LSP workspace (project context); None: none
+    index_wait_s: float = 0.0  # seconds to let the server index the workspace before typing starts
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ReplayResult:
     accepted: int  # suggestions accepted
     accepted_chars: int  # characters those suggestions inserted
     elapsed_s: float  # wall time of the whole replay
+    first_ms: float = 0.0  # the first request after didOpen (model loaded, nothing encoded yet)
+    peak_rss_mb: float = 0.0  # the server process's peak resident memory (VmHWM)
 
     @property
     def saved_pct(self) -> float:
@@ -154,7 +158,8 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
     for opt in options:
         cmd += ["--engine-option", opt]
     server = LspProcess(cmd, cfg.server_log)
-    uri = Path("/tmp/kaffee-bench/Replay.java").as_uri()
+    folder = cfg.workspace.resolve() if cfg.workspace is not None else Path("/tmp/kaffee-bench")
+    uri = (folder / "KaffeeReplay.java").as_uri()  # never written: the editor's unsaved buffer
     region = cfg.text[cfg.start : cfg.end]
     doc = cfg.text[: cfg.start] + cfg.text[cfg.end :]
     # request after the last character of every Java token of the region
@@ -164,7 +169,7 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
             "initialize",
             {
                 "processId": None,
-                "rootUri": None,
+                "rootUri": cfg.workspace.resolve().as_uri() if cfg.workspace is not None else None,
                 "capabilities": {},
                 "initializationOptions": {"deadlineMs": cfg.deadline_ms, "device": cfg.device},
             },
@@ -179,7 +184,26 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
             "position": position(doc, cfg.start),
             "context": {"triggerKind": 2},
         }
-        server.request("textDocument/inlineCompletion", params)  # warm-up: model load, first encode
+        server.request("textDocument/inlineCompletion", params)  # warm-up: model load
+        if cfg.index_wait_s:
+            time.sleep(cfg.index_wait_s)  # the workspace scan and index build run in the background
+        # the first suggestion in a freshly opened file: a second document, nothing of it encoded yet
+        fresh_uri = (folder / "KaffeeFresh.java").as_uri()
+        fresh = "// another file: no encoded prefix to reuse\n" + doc
+        server.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": fresh_uri, "languageId": "java", "version": 1, "text": fresh}},
+        )
+        t0 = time.perf_counter()
+        server.request(
+            "textDocument/inlineCompletion",
+            {
+                "textDocument": {"uri": fresh_uri},
+                "position": position(fresh, cfg.start + len(fresh) - len(doc)),
+                "context": {"triggerKind": 2},
+            },
+        )
+        first_ms = (time.perf_counter() - t0) * 1000.0
         version, cursor, i = 1, cfg.start, 0
         latencies: list[float] = []
         keystrokes = accepted = accepted_chars = 0
@@ -226,10 +250,29 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
                 accepted_chars += len(suggestion)
         typed = i
         return ReplayResult(
-            mode, latencies, typed, keystrokes, accepted, accepted_chars, time.monotonic() - t_start
+            mode,
+            latencies,
+            typed,
+            keystrokes,
+            accepted,
+            accepted_chars,
+            time.monotonic() - t_start,
+            first_ms,
+            peak_rss_mb(server.proc.pid),
         )
     finally:
         server.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process in MB (Linux; 0 where /proc is not there)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def pick_file(args: argparse.Namespace) -> tuple[str, str]:
@@ -264,14 +307,18 @@ def report(cfg: ReplayConfig, results: list[ReplayResult]) -> str:
         f"typing replay of {cfg.name} (chars {cfg.start}-{cfg.end}), model {cfg.model}, {platform.machine()} "
         f"{platform.processor() or ''} python {platform.python_version()}",
         "",
-        "| mode | requests | p50 ms | p95 ms | mean ms | max ms | keystrokes saved | accepted |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"workspace: {cfg.workspace or 'none'}",
+        "",
+        "| mode | requests | p50 ms | p95 ms | mean ms | max ms | first in a fresh file ms "
+        "| server peak RSS MB | keystrokes saved | accepted |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         mean = statistics.fmean(r.latencies_ms) if r.latencies_ms else float("nan")
         mx = max(r.latencies_ms) if r.latencies_ms else float("nan")
         lines.append(
             f"| {r.mode} | {len(r.latencies_ms)} | {r.pct(50):.1f} | {r.pct(95):.1f} | {mean:.1f} | {mx:.1f} "
+            f"| {r.first_ms:.0f} | {r.peak_rss_mb:.0f} "
             f"| {r.saved_pct:.1f}% of {r.typed} chars | {r.accepted} ({r.accepted_chars} chars) |"
         )
     by = {r.mode: r for r in results}
@@ -308,6 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--server-log", type=Path, default=None, help="append the server's log here")
     p.add_argument("--json", type=Path, default=None, help="also write the raw latencies here")
+    p.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="project folder to open as the workspace (project context)",
+    )
+    p.add_argument(
+        "--index-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds to let the server index the workspace",
+    )
     args = p.parse_args(argv)
     try:
         model = args.model
@@ -328,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.engine_option,
             args.server_log,
+            args.workspace,
+            args.index_wait,
         )
         results = []
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:

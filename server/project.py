@@ -33,21 +33,25 @@ from kaffee.server.outline import TypeOutline, outline
 
 log = logging.getLogger(__name__)
 
-FORMS = ("files", "comments")
+FORMS = ("files", "comments", "inline")
+_THIS = "\x00this"  # key of the current document's own windows in search results
 
 
 @dataclass
 class ProjectConfig:
     window_lines: int = 20  # lines per retrieval window
     stride: int = 10  # lines between window starts (windows overlap by window_lines - stride)
-    query_lines: int = 10  # lines before the cursor's line whose identifiers form the query
+    query_lines: int = 10  # lines before the cursor's line that, with the line so far, form the query
     snippets: int = 3  # most retrieved windows put into the prompt
     min_similarity: float = 0.1  # Jaccard below this is not worth prompt space
     declarations: bool = True  # outlines of workspace types named near the cursor
     types: int = 3  # most type outlines put into the prompt
+    own_outline: bool = True  # the current file's own type outline when the prompt window does not hold it all
     type_lines: int = 60  # lines before the cursor searched for type names
     budget_tokens: int = 384  # prompt tokens reserved for project context (taken from the file window)
-    form: str = "files"  # files: each block a separate <eos>-led "file"; comments: one block of // lines
+    # files: each block a separate <eos>-led "file"; comments: one header of // lines the window
+    # continues; inline: the blocks as plain code the window continues (one "file", no <eos> between)
+    form: str = "comments"
     pin_lines: int = 12  # keep a document's context while the cursor stays within this many lines
     max_files: int = 5000  # files indexed at most (more are ignored, with a log line)
     max_file_chars: int = 400_000  # longer files are indexed only up to this many characters
@@ -74,7 +78,7 @@ class Block:
 
 @dataclass
 class _File:
-    text: str
+    digest: int  # hash of the indexed text (an unchanged file is not indexed again)
     label: str
     lines: list[str]
     windows: list[int] = field(default_factory=list)  # global window ids
@@ -127,8 +131,10 @@ class ProjectIndex:
     # -- inputs -----------------------------------------------------------------------------------------
     def set_files(self, files: dict[str, str]) -> None:
         """Replace the whole workspace (key: URI or path)."""
+        with self._lock:
+            known = list(self._files)
         with self._pending_lock:
-            self._pending = {k: None for k in self._files}
+            self._pending = dict.fromkeys(known)
             keys = list(files)[: self.cfg.max_files]
             if len(files) > len(keys):
                 log.warning("project index: %d files, indexing the first %d", len(files), len(keys))
@@ -181,8 +187,9 @@ class ProjectIndex:
         entry = None
         if text is not None:
             text = text[: self.cfg.max_file_chars]
+            digest = hash(text)
             old = self._files.get(key)
-            if old is not None and old.text == text:
+            if old is not None and old.digest == digest:
                 return
             lines = text.split("\n")
             spans = window_spans(len(lines), self.cfg.window_lines, self.cfg.stride)
@@ -191,7 +198,7 @@ class ProjectIndex:
                 types = outline(text) if self.cfg.declarations else []
             except RecursionError:  # absurdly deep nesting
                 types = []
-            entry = _File(text, short_label(key), lines, types=types)
+            entry = _File(digest, short_label(key), lines, types=types)
         with self._lock:
             self._drop(key)
             if entry is not None:
@@ -266,7 +273,7 @@ class ProjectIndex:
     def memory_bytes(self) -> int:
         """A rough size of the index structures (texts counted once), for reports."""
         with self._lock:
-            text = sum(len(f.text) for f in self._files.values())
+            text = sum(sum(len(ln) + 50 for ln in f.lines) for f in self._files.values())
             post = sum(p.itemsize * len(p) + 80 for p in self._postings.values())
             wins = len(self._win_file) * 90
             return text + post + wins
@@ -334,23 +341,41 @@ class ProjectIndex:
         cfg = self.cfg
         line_start = prefix.rfind("\n") + 1
         before = prefix[:line_start].split("\n")[:-1]  # whole lines above the cursor's line
-        query = set(identifiers("\n".join(before[-cfg.query_lines :])))
+        query = set(identifiers("\n".join(before[-cfg.query_lines :]) + "\n" + prefix[line_start:]))
         blocks: list[Block] = []
         if cfg.snippets and query:
             found = self.similar(query, exclude=document, k=cfg.snippets)
             found += self._similar_in_document(query, prefix, suffix, window_start)
             found.sort(key=lambda x: -x[0])
+            this_label = short_label(document) if document else "this file"
             for score, key, span in found[: cfg.snippets]:
-                text = self.window_text(key, span) if key != document else _doc_window(prefix, suffix, span)
+                if key == _THIS:
+                    text, label = _doc_window(prefix, suffix, span), this_label
+                else:
+                    text, label = self.window_text(key, span), self.label(key)
                 if text.strip():
-                    blocks.append(Block(self.label(key) if key else "", text, "snippet", score))
+                    blocks.append(Block(label, text, "snippet", score))
         if cfg.declarations and cfg.types:
-            own = {t.name for t in outline(prefix + suffix)}
+            own_types = outline(self._far_text(prefix, suffix, window_start))
+            own = {t.name for t in own_types}
+            if cfg.own_outline and (window_start > 0 or suffix.count("\n") > cfg.pin_lines + 1):
+                # the file's own members that the prompt window does not show
+                for t in own_types[:1]:
+                    label = short_label(document) if document else "this file"
+                    blocks.append(Block(label, t.text, "declaration", 2.0))
             near = "\n".join(before[-cfg.type_lines :]) + "\n" + prefix[line_start:]
             names = _type_names(near, prefix, own)
             for rank, (key, t) in enumerate(self.declarations(names, exclude=document)[: cfg.types]):
                 blocks.append(Block(self.label(key), t.text, "declaration", 1.0 / (rank + 1)))
         return blocks
+
+    def _far_text(self, prefix: str, suffix: str, window_start: int) -> str:
+        """The current file with the lines near the cursor blanked (where a reused pin may still be
+        asked), so nothing derived from it can hold the line being typed."""
+        lines = (prefix + suffix).split("\n")
+        cursor_line = prefix.count("\n")
+        lo, hi = max(0, cursor_line - self.cfg.pin_lines - 1), cursor_line + self.cfg.pin_lines + 2
+        return "\n".join(lines[:lo] + [""] * (min(hi, len(lines)) - lo) + lines[hi:])
 
     def _similar_in_document(
         self, query: set[str], prefix: str, suffix: str, window_start: int
@@ -368,7 +393,7 @@ class ProjectIndex:
                 continue
             s = jaccard(query, set(identifiers("\n".join(lines[a:b]))))
             if s >= cfg.min_similarity:
-                best.append((s, "", (a, b)))
+                best.append((s, _THIS, (a, b)))
         best.sort(key=lambda x: -x[0])
         return best[:1]
 
@@ -402,6 +427,16 @@ def _render(block: Block, form: str) -> str:
     return f"// Path: {block.label}\n{body}\n"
 
 
+def _shorten(block: Block, share: float) -> Block | None:
+    """A declaration cut to about ``share`` of its lines (header kept, the rest elided)."""
+    lines = block.text.split("\n")
+    keep = int(len(lines) * share) - 2
+    if keep < 2:
+        return None
+    text = "\n".join(lines[:keep] + ["    // ...", "}"])
+    return Block(block.label, text, block.kind, block.score)
+
+
 def prompt_head(
     blocks: list[Block], encode: Callable[[str], list[int]], eos_id: int, budget: int, form: str
 ) -> list[int]:
@@ -419,10 +454,13 @@ def prompt_head(
     used = 1  # the leading <eos>
     for b in priority:
         ids = encode(_render(b, form))
-        cost = len(ids) + (1 if form == "files" else 0)
-        if used + cost <= budget:
+        sep = 1 if form == "files" else 0
+        if used + len(ids) + sep > budget and b.kind == "declaration":
+            b = _shorten(b, (budget - used - sep) / max(1, len(ids)))
+            ids = encode(_render(b, form)) if b is not None else []
+        if ids and used + len(ids) + sep <= budget:
             chosen.append((b, ids))
-            used += cost
+            used += len(ids) + sep
     if not chosen:
         return []
     chosen.sort(key=lambda c: (c[0].kind == "snippet", c[0].score))  # declarations first, best snippet last
