@@ -337,16 +337,6 @@ class FastGPT(LanguageModel):
         del state.ids[n:]
         state.last_logprobs = None
 
-    def clone_state(self, state: DecodeState) -> DecodeState:
-        new = self.new_state()
-        n = state.cache.length
-        new.cache.k[:, :, :n] = state.cache.k[:, :, :n]
-        new.cache.v[:, :, :n] = state.cache.v[:, :, :n]
-        new.cache.length = n
-        new.ids = list(state.ids)
-        new.last_logprobs = state.last_logprobs
-        return new
-
     @torch.inference_mode()
     def next_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
         return torch.stack([self.advance(self.new_state(), c) for c in contexts])  # (B, V)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import typing
 import warnings
 from dataclasses import asdict, dataclass
@@ -136,6 +135,3 @@ class GPTModel(LanguageModel):
             _crop_cache(state.cache, n)
         del state.ids[n:]
         state.last_logprobs = None
-
-    def clone_state(self, state: DecodeState) -> DecodeState:
-        return DecodeState(ids=list(state.ids), cache=copy.deepcopy(state.cache), last_logprobs=state.last_logprobs)

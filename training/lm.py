@@ -64,10 +64,6 @@ class LanguageModel(ABC):
     def crop(self, state: DecodeState, n: int) -> None:
         """Keep only the first ``n`` consumed ids in ``state`` (in place)."""
 
-    @abstractmethod
-    def clone_state(self, state: DecodeState) -> DecodeState:
-        """An independent copy of ``state`` (for beams)."""
-
     def sync(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
         """Make ``state`` hold exactly ``ids``, re-encoding only what differs.
 

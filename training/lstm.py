@@ -106,7 +106,3 @@ class LSTMModel(LanguageModel):
         state.last_logprobs = None
         if replay:
             self.advance(state, replay)
-
-    def clone_state(self, state: DecodeState) -> DecodeState:
-        # hidden tensors are never modified in place, so sharing them is safe
-        return DecodeState(ids=list(state.ids), cache=list(state.cache), last_logprobs=state.last_logprobs)

@@ -22,8 +22,10 @@ class NgramConfig:
     vocab_size: int = 16384  # tokenizer vocabulary (must match tokenizer.json)
     order: int = 6  # longest n-gram counted
     min_count: int = 1  # drop n-grams of order >= 3 seen fewer times (1 keeps everything)
-    cache_order: int = 6  # order of the cache model over the current file
-    cache_beta: float = 3.0  # cache weight = c(h) / (c(h) + beta) for the longest cached history h
+    # unused (the cache over the project's files is server/cache.py's); kept because every saved
+    # ngram config.json names them, and an unknown key would make the config fail to load
+    cache_order: int = 6
+    cache_beta: float = 3.0
     max_context: int = 4096  # longest context the engine feeds it
 
 
@@ -184,25 +186,13 @@ class NgramModel(LanguageModel):
         self.counts = counts
         self.vocab_size = cfg.vocab_size
         self.max_context = cfg.max_context
-        self.cache: NgramCounts | None = None  # set with set_cache() (e.g. the file being edited)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
-    def set_cache(self, ids: list[int] | None) -> None:
-        """Use ``ids`` (e.g. the current file) as the cache component; None turns it off."""
-        if not ids or len(ids) < 2:
-            self.cache = None
-            return
-        self.cache = NgramCounts.build(np.asarray(ids), self.vocab_size, self.cfg.cache_order)
-
     def _dist(self, context: list[int]) -> np.ndarray:
         tail = context[-(self.cfg.order - 1) :] if self.cfg.order > 1 else []
         p, _, _ = self.counts.distribution(tail)
-        if self.cache is not None:
-            pc, matched, hc = self.cache.distribution(context[-(self.cfg.cache_order - 1) :])
-            lam = cache_weight(matched, hc, self.cfg.cache_beta)
-            p = (1 - lam) * p + lam * pc
         return p
 
     def next_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
@@ -223,6 +213,3 @@ class NgramModel(LanguageModel):
     def crop(self, state: DecodeState, n: int) -> None:
         del state.ids[n:]
         state.last_logprobs = None
-
-    def clone_state(self, state: DecodeState) -> DecodeState:
-        return DecodeState(ids=list(state.ids), last_logprobs=state.last_logprobs)
