@@ -86,7 +86,6 @@ class FastGPT(LanguageModel):
         tensors: dict[str, torch.Tensor],
         quantize: str = "none",
         device: str | torch.device = "cpu",
-        rms_eps: float = 1e-6,
     ):
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, not {quantize!r}")
@@ -96,7 +95,7 @@ class FastGPT(LanguageModel):
         self.max_context = cfg.block_size
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
-        self.eps = rms_eps
+        self.eps = float(cfg.rms_norm_eps)
         self.tokens_advanced = 0  # tokens run through the network so far (for tests and stats)
         dev = torch.device(device)
         self._device = dev
@@ -154,13 +153,7 @@ class FastGPT(LanguageModel):
     def from_gpt(cls, gpt: GPTModel, quantize: str = "none") -> FastGPT:
         """The fast decoder over an already loaded :class:`GPTModel` (weights are copied)."""
         tensors = dict(gpt.module.state_dict())
-        model = cls(
-            gpt.cfg,
-            tensors,
-            quantize=quantize,
-            device=gpt.device,
-            rms_eps=float(gpt.module.config.rms_norm_eps),
-        )
+        model = cls(gpt.cfg, tensors, quantize=quantize, device=gpt.device)
         model.tokenizer, model.meta = gpt.tokenizer, gpt.meta
         return model
 

@@ -72,6 +72,7 @@ def test_loads_in_fp32_and_int8(model_dir: Path, fp32: FastGPT, int8: FastGPT) -
         assert model.cfg == GPTConfig(**meta["config"])
         assert model.tokenizer.vocab_size == model.vocab_size == meta["config"]["vocab_size"]
         assert len(model.layers) == model.cfg.n_layer
+        assert model.eps == model.cfg.rms_norm_eps == 1e-6  # config.json has no rms_norm_eps: the default
     assert int8._embed_q is not None and int8._embed_q.dtype == torch.int8
     assert fp32._embed_q is None and fp32.embed.dtype == torch.float32
 

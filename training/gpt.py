@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
 import typing
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -11,10 +11,6 @@ from kaffee.training.lm import DecodeState, LanguageModel
 
 if typing.TYPE_CHECKING:  # imported where used: the modelling code costs ~130 MB of RSS
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
-
-# transformers 5.x renames `past_key_values` to `cache` with a FutureWarning; the old
-# name works on every version we support (>=4.45), so keep it and silence the notice.
-warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
 
 
 @dataclass
@@ -28,10 +24,13 @@ class GPTConfig:
     rope_theta: float = 10000.0  # RoPE base frequency
     dropout: float = 0.0  # attention dropout while training
     tie_embeddings: bool = True  # share input embedding and output head (saves vocab * n_embd params)
+    rms_norm_eps: float = 1e-6  # RMSNorm epsilon; LlamaConfig's default, which configs without the field used
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"rms_norm_eps must be > 0, not {self.rms_norm_eps}")
 
 
 PRESETS: dict[str, dict] = {
@@ -53,6 +52,7 @@ def hf_config(cfg: GPTConfig) -> LlamaConfig:
         num_key_value_heads=cfg.n_head,
         max_position_embeddings=cfg.block_size,
         rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps,
         attention_dropout=cfg.dropout,
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=None,
@@ -74,12 +74,23 @@ def _crop_cache(cache: DynamicCache, n: int) -> None:
         cache.crop(-remove)
 
 
+def _cache_kwarg(module: LlamaForCausalLM) -> str:
+    """The name ``forward`` takes the KV cache under: ``cache`` since transformers 5.24.
+
+    5.24 renamed ``past_key_values`` (the old name warns and goes in 5.40); earlier versions
+    we support (>= 4.45) know only the old name and would silently ignore ``cache``.
+    """
+    params = inspect.signature(type(module).forward).parameters  # follows the decorators' __wrapped__
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class GPTModel(LanguageModel):
     family = "gpt"
 
     def __init__(self, cfg: GPTConfig, module: LlamaForCausalLM):
         self.cfg = cfg
         self.module = module.eval()
+        self._cache_kwarg = _cache_kwarg(module)
         self.vocab_size = cfg.vocab_size
         self.max_context = cfg.block_size
 
@@ -124,8 +135,9 @@ class GPTModel(LanguageModel):
         if state.cache is None:
             state.cache = self.new_state().cache
         x = torch.tensor([ids], device=self.device)
-        out = self.module(input_ids=x, past_key_values=state.cache, use_cache=True)
-        state.cache = out.past_key_values
+        # the DynamicCache is updated in place (reading it back from the output would need the
+        # output's field name, which 5.24 renamed as well)
+        out = self.module(input_ids=x, use_cache=True, **{self._cache_kwarg: state.cache})
         state.ids.extend(ids)
         state.last_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
         return state.last_logprobs
