@@ -39,7 +39,7 @@ from kaffee.server.decode import Generation, Runner, Vocab, greedy, token_beam
 from kaffee.server.fastgpt import QUANTIZE_MODES, FastGPT
 from kaffee.server.java_tokens import trailing_word
 from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
-from kaffee.server.project import ProjectConfig, ProjectIndex, prompt_head
+from kaffee.server.project import MemberHints, ProjectConfig, ProjectIndex, member_table, prompt_head
 from kaffee.training.gpt import GPTModel
 from kaffee.training.lm import DecodeState, LanguageModel
 from kaffee.training.ngram import NgramConfig, NgramCounts, NgramModel
@@ -64,7 +64,7 @@ class EngineOptions:
     token_healing: bool = True  # back off the prompt's last pre-token and constrain the continuation to it
     speculate: int = 8  # longest prompt-lookup draft verified per forward (0: off)
     beam_width: int = 8  # beam over sub-word pieces for next_tokens
-    token_max_pieces: int = 6  # longest whole token, in sub-word pieces, the beam explores
+    token_max_pieces: int = 8  # longest whole token, in sub-word pieces, the beam explores
     reuse_previous: bool = True  # answer from the last suggestion while the user types through it
     states: int = 2  # decode states kept (one per recently used document; ~25 MB each for the default model)
     quantize: str = "auto"  # gpt weights: auto (int8 on CPU), none, bf16, int8
@@ -126,6 +126,7 @@ class _Pin:
     generation: int  # ProjectIndex.generation then (a new workspace invalidates it)
     complete: bool  # the index had nothing pending then
     ids: list[int]  # the prompt head
+    hints: MemberHints | None = None  # members of the workspace types of the file's variables
 
 
 @dataclass
@@ -376,11 +377,39 @@ class CompletionEngine:
     def _runner(self, model: LanguageModel) -> Runner:
         return Runner(model, delay_s=self.options.step_delay_ms / 1000.0)
 
-    def _mixer(self):
-        if not self.options.workspace_cache or self.degraded:
+    def _decode_tail(self, ids: list[int]) -> str:
+        """Text of ``ids`` (special tokens dropped), for matching on characters."""
+        table = self.tokenizer.id_to_bytes
+        special = self.tokenizer.special_ids
+        return b"".join(table[i] for i in ids if i not in special).decode("utf-8", errors="ignore")
+
+    def _mixer(self, document: str | None = None):
+        """The function that mixes project knowledge into each step's next-token log-probs."""
+        if self.degraded:
             return lambda lp, ctx: lp
-        self.cache.refresh()
-        return self.cache.mix
+        base = None
+        if self.options.workspace_cache:
+            self.cache.refresh()
+            base = self.cache.mix
+        pin = self._pins.get(document) if self.options.project_context else None
+        hints = pin.hints if pin is not None else None
+        if hints is None:
+            return base or (lambda lp, ctx: lp)
+        weight = self.options.project.hint_weight
+
+        def mix(lp: torch.Tensor, ctx: list[int]) -> torch.Tensor:
+            if base is not None:
+                lp = base(lp, ctx)
+            pieces, mass = hints.pieces(ctx, weight)
+            if not pieces:
+                return lp
+            p = lp.double().exp() * (1.0 - mass)  # the rest of the mass stays the model's
+            for tok, q in pieces.items():
+                if tok < p.shape[0]:
+                    p[tok] += q
+            return torch.log(torch.clamp(p, min=1e-30)).float()
+
+        return mix
 
     def _state_for(self, ids: list[int]) -> DecodeState:
         """The cached state sharing the longest prefix with ``ids`` (a new one while there is room)."""
@@ -412,7 +441,7 @@ class CompletionEngine:
             pin is not None
             and pin.generation == index.generation
             and (pin.complete or index.pending)
-            and abs(line - pin.line) <= cfg.pin_lines
+            and 0 <= line - pin.line <= cfg.pin_lines  # typing onwards; a move up or far recomputes
         ):
             return pin.ids
         index.refresh()  # pending updates, in the background
@@ -421,9 +450,17 @@ class CompletionEngine:
         start = snap_to_line(prefix, window_start(len(prefix), chars))
         blocks = index.context(prefix, suffix, document, start)
         ids = prompt_head(blocks, self.tokenizer.encode, self.tokenizer.eos_id, head_budget, cfg.form)
+        hints = None
+        if cfg.member_hints:
+            # variables declared before the cursor, or after the lines a reused pin may still be asked on
+            later = suffix.split("\n")
+            later = "\n".join([""] * min(len(later), cfg.pin_lines + 2) + later[cfg.pin_lines + 2 :])
+            table = member_table(prefix + later, index.declarations, cfg.max_hints)
+            if table:
+                hints = MemberHints(table, self.tokenizer.encode, self._decode_tail)
         if len(self._pins) >= 32:
             self._pins.pop(next(iter(self._pins)))
-        self._pins[document] = _Pin(line, index.generation, not index.pending, ids)
+        self._pins[document] = _Pin(line, index.generation, not index.pending, ids, hints)
         return ids
 
     def _prompt(self, prefix: str, suffix: str, heal: bool = True, document: str | None = None) -> Prompt:
@@ -456,7 +493,7 @@ class CompletionEngine:
             prompt,
             trailing_word(prefix),
             max(1, k),
-            self._mixer(),
+            self._mixer(document),
             beam_width=max(self.options.beam_width, k),
             max_pieces=self.options.token_max_pieces,
             deadline=deadline,
@@ -491,7 +528,7 @@ class CompletionEngine:
                 prompt,
                 stop,
                 max_new,
-                self._mixer(),
+                self._mixer(document),
                 deadline=deadline,
                 cancel=cancel,
                 speculate=opts.speculate,

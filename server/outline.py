@@ -34,6 +34,8 @@ MAX_MEMBERS = 60  # members rendered per type (huge generated classes would floo
 class TypeOutline:
     name: str  # simple name of the top-level type
     text: str  # Java-like declaration text without bodies, one member per line
+    methods: tuple[str, ...] = ()  # names of its methods (no constructors), in source order
+    fields: tuple[str, ...] = ()  # names of its fields and enum constants, in source order
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +66,8 @@ def _without_annotations(node, src: bytes) -> int:
     return start
 
 
-def _member_lines(body, src: bytes, indent: str, out: list[str]) -> None:
+def _member_lines(body, src: bytes, indent: str, out: list[str], names: dict | None = None) -> None:
+    """Render the members of ``body``; collect the top level's member names into ``names``."""
     constants: list[str] = []
     for child in body.children:
         if len(out) >= MAX_MEMBERS:
@@ -75,11 +78,13 @@ def _member_lines(body, src: bytes, indent: str, out: list[str]) -> None:
             name = child.child_by_field_name("name")
             if name is not None:
                 constants.append(_text(src, name.start_byte, name.end_byte))
+                if names is not None:
+                    names["fields"].append(constants[-1])
         elif kind == "enum_body_declarations":
             if constants:
                 out.append(f"{indent}{', '.join(constants)};")
                 constants = []
-            _member_lines(child, src, indent, out)
+            _member_lines(child, src, indent, out, names)
         elif kind in _FIELDS:
             parts = []
             start = _without_annotations(child, src)
@@ -91,6 +96,8 @@ def _member_lines(body, src: bytes, indent: str, out: list[str]) -> None:
                     name = c.child_by_field_name("name")
                     if name is not None:
                         parts.append(_text(src, name.start_byte, name.end_byte))
+                        if names is not None:
+                            names["fields"].append(parts[-1])
             if parts:
                 out.append(f"{indent}{_text(src, start, head_end)} {', '.join(parts)};")
         elif kind in _CALLABLES:
@@ -98,20 +105,23 @@ def _member_lines(body, src: bytes, indent: str, out: list[str]) -> None:
             end = body_node.start_byte if body_node is not None else child.end_byte
             sig = _text(src, _without_annotations(child, src), end).rstrip(";").strip()
             out.append(f"{indent}{sig};")
+            name = child.child_by_field_name("name")
+            if names is not None and kind == "method_declaration" and name is not None:
+                names["methods"].append(_text(src, name.start_byte, name.end_byte))
         elif kind in _TYPE_DECLS:
             _render_type(child, src, indent, out)
     if constants:
         out.append(f"{indent}{', '.join(constants)};")
 
 
-def _render_type(node, src: bytes, indent: str, out: list[str]) -> None:
+def _render_type(node, src: bytes, indent: str, out: list[str], names: dict | None = None) -> None:
     body = node.child_by_field_name("body")
     if body is None:
         body = next((c for c in node.children if c.type in _BODY_TYPES), None)
     end = body.start_byte if body is not None else node.end_byte
     out.append(f"{indent}{_text(src, _without_annotations(node, src), end)} {{")
     if body is not None:
-        _member_lines(body, src, indent + "    ", out)
+        _member_lines(body, src, indent + "    ", out, names)
     out.append(f"{indent}}}")
 
 
@@ -130,6 +140,14 @@ def outline(text: str) -> list[TypeOutline]:
         if name is None:
             continue
         lines: list[str] = []
-        _render_type(node, src, "", lines)
-        result.append(TypeOutline(_text(src, name.start_byte, name.end_byte), "\n".join(lines)))
+        names: dict[str, list[str]] = {"methods": [], "fields": []}
+        _render_type(node, src, "", lines, names)
+        result.append(
+            TypeOutline(
+                _text(src, name.start_byte, name.end_byte),
+                "\n".join(lines),
+                tuple(dict.fromkeys(names["methods"])),
+                tuple(dict.fromkeys(names["fields"])),
+            )
+        )
     return result

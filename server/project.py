@@ -19,6 +19,7 @@ that cannot be parsed contributes windows but no outlines.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from array import array
 from collections.abc import Callable
@@ -46,7 +47,12 @@ class ProjectConfig:
     min_similarity: float = 0.1  # Jaccard below this is not worth prompt space
     declarations: bool = True  # outlines of workspace types named near the cursor
     types: int = 3  # most type outlines put into the prompt
-    own_outline: bool = True  # the current file's own type outline when the prompt window does not hold it all
+    own_outline: bool = (
+        True  # the current file's own type outline when the prompt window does not hold it all
+    )
+    member_hints: bool = True  # after "var.", mix in the members of var's workspace type (MemberHints)
+    hint_weight: float = 0.6  # share of the next-piece mass the member hints get right after the dot
+    max_hints: int = 400  # members known per cursor at most
     type_lines: int = 60  # lines before the cursor searched for type names
     budget_tokens: int = 384  # prompt tokens reserved for project context (taken from the file window)
     # files: each block a separate <eos>-led "file"; comments: one header of // lines the window
@@ -396,6 +402,88 @@ class ProjectIndex:
                 best.append((s, _THIS, (a, b)))
         best.sort(key=lambda x: -x[0])
         return best[:1]
+
+
+# A variable declaration: a capitalised type (generic arguments and array brackets allowed),
+# then a lower-case name followed by "=", ";", ",", ")" or ":" (fields, locals, parameters, for-each).
+_VAR_DECL = re.compile(
+    r"\b([A-Z][\w$]*)(?:\s*<[^;=(){}]{0,80}?>)?(?:\s*\[\s*\])*\s+([a-z_$][\w$]*)\s*(?=[=;,):])"
+)
+
+
+def member_table(
+    text: str, lookup: Callable[[list[str]], list[tuple[str, TypeOutline]]], limit: int
+) -> dict[str, tuple[str, ...]]:
+    """``{receiver: member names}`` for the variables of ``text`` whose declared type is a workspace
+    type, and for those types themselves (static access); at most ``limit`` members in all."""
+    typed: dict[str, str] = {}
+    for m in _VAR_DECL.finditer(text):
+        typed.pop(m.group(2), None)
+        typed[m.group(2)] = m.group(1)  # re-insert: the latest declaration wins and sorts last
+    pairs = list(reversed(typed.items()))
+    outlines = {t.name: t for _, t in lookup(list(dict.fromkeys(t for _, t in pairs)))}
+    table: dict[str, tuple[str, ...]] = {}
+    used = 0
+    for receiver, type_name in pairs + [(t, t) for t in outlines]:
+        t = outlines.get(type_name)
+        if t is None or receiver in table or used >= limit:
+            continue
+        members = (t.methods + t.fields)[: limit - used]
+        table[receiver] = members
+        used += len(members)
+    return table
+
+
+_MEMBER_TAIL = re.compile(r"(?<![\w$])([A-Za-z_$][\w$]*)\s*\.\s*([\w$]*)$")
+
+
+class MemberHints:
+    """Next-piece hints after ``receiver.`` from the members of the receiver's workspace type.
+
+    The model rarely copies a project's member name from the prompt by itself, so the
+    names are mixed into its distribution: right after the dot each member's first piece
+    shares ``weight * n / (n + 1)`` of the mass (``n`` members), inside a name the pieces
+    that continue a member share ``inside`` (where a member is already complete, its
+    share stays with the model). Matching is on text, so whitespace and the split into
+    sub-word pieces do not matter.
+    """
+
+    def __init__(self, table: dict[str, tuple[str, ...]], encode: Callable[[str], list[int]], decode_tail):
+        self.table = table
+        self.encode = encode
+        self.decode_tail = decode_tail  # ids -> text of their last characters
+        self._first: dict[str, int] = {}
+
+    def _first_piece(self, rest: str) -> int:
+        tok = self._first.get(rest)
+        if tok is None:
+            tok = self._first[rest] = self.encode(rest)[0]
+        return tok
+
+    def pieces(
+        self, context: list[int], weight: float, inside: float = 0.9
+    ) -> tuple[dict[int, float], float]:
+        """``({piece id: probability}, total mass)`` to mix in after ``context`` (empty: no hint)."""
+        m = _MEMBER_TAIL.search(self.decode_tail(context[-12:]))
+        if m is None:
+            return {}, 0.0
+        members = self.table.get(m.group(1))
+        if not members:
+            return {}, 0.0
+        typed = m.group(2)
+        longer = [x for x in members if x.startswith(typed) and len(x) > len(typed)]
+        if not longer:
+            return {}, 0.0
+        complete = sum(1 for x in members if x == typed)
+        if typed:
+            mass = inside * len(longer) / (len(longer) + complete)
+        else:
+            mass = weight * len(longer) / (len(longer) + 1)
+        out: dict[int, float] = {}
+        for x in longer:
+            tok = self._first_piece(x[len(typed) :])
+            out[tok] = out.get(tok, 0.0) + mass / len(longer)
+        return out, mass
 
 
 def _doc_window(prefix: str, suffix: str, span: tuple[int, int]) -> str:

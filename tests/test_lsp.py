@@ -40,6 +40,11 @@ def server_command(model_dir: Path) -> list[str]:
 async def start(model_dir: Path, init_options=None, env=None, root: Path | None = None) -> LanguageClient:
     config = ClientServerConfig(server_command=server_command(model_dir), server_env=env)
     client = await config.start()
+
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def register(params: types.RegistrationParams) -> None:  # the server asks to watch *.java files
+        client.registrations = [r.method for r in params.registrations]
+
     params = types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"),
         initialization_options=init_options,

@@ -12,9 +12,11 @@ from kaffee.server.options import parse_engine_options
 from kaffee.server.outline import outline
 from kaffee.server.project import (
     Block,
+    MemberHints,
     ProjectConfig,
     ProjectIndex,
     jaccard,
+    member_table,
     prompt_head,
     short_label,
     window_spans,
@@ -247,3 +249,34 @@ def test_scan_respects_gitignore_and_skips_symlink_loops(tmp_path: Path):
     names = sorted(Path(u).name for u in files)
     assert names == ["A.java", "Keep.gen.java", "Kept.java"]
     assert len(scan_java_files([tmp_path], ScanLimits(max_files=1))) == 1
+
+
+def test_member_table_types_the_variables_of_the_file():
+    idx = _index({"file:///p/Account.java": ACCOUNT})
+    text = "class T {\n  private Account primary;\n  void f(Account other, int n) {\n    List<Account> all;\n"
+    table = member_table(text, idx.declarations, 100)
+    assert table["primary"] == table["other"] == table["Account"]
+    assert {"depositFunds", "toString", "owner", "balance"} <= set(table["primary"])
+    assert "n" not in table and "all" not in table  # int and List<Account> are not workspace types
+    assert sum(len(v) for v in member_table(text, idx.declarations, 3).values()) == 3
+
+
+def test_member_hints_follow_the_text_not_the_token_split():
+    table = {"inventory": ("restockShelf", "restockAll", "count")}
+    tok = {"re": 1, "stock": 2, "Shelf": 3, "All": 4, "count": 5}
+
+    def encode(text: str) -> list[int]:
+        for piece, i in tok.items():
+            if text.startswith(piece):
+                return [i]
+        return [99]
+
+    hints = MemberHints(table, encode, lambda ids: "".join(ids))  # "ids" are text pieces here
+    pieces, mass = hints.pieces(["    inventory", "."], weight=0.6)
+    assert mass == pytest.approx(0.6 * 3 / 4) and set(pieces) == {1, 5}
+    assert pieces[1] == pytest.approx(2 * pieces[5])  # two members start with "re"
+    pieces, mass = hints.pieces(["inventory", ".", "restock"], weight=0.6)
+    assert set(pieces) == {3, 4} and mass == pytest.approx(0.9)
+    assert hints.pieces(["inventory", ".", "count"], weight=0.6) == ({}, 0.0)  # complete: the model decides
+    assert hints.pieces(["other", "."], weight=0.6) == ({}, 0.0)
+    assert hints.pieces(["inventory", ".", "zzz"], weight=0.6) == ({}, 0.0)
