@@ -169,8 +169,6 @@ async def test_positions_past_the_end_are_clamped(client: LanguageClient) -> Non
         assert result.items, pos
         assert all(item.text_edit.range.end == clamped for item in result.items), (pos, result.items)
         assert all(item.range.end == clamped for item in (await inline(client, uri, pos)).items)
-    result = await complete(client, uri, types.Position(line=6, character=10_000))
-    assert sorted(result.items, key=lambda i: i.sort_text)[0].label == "println"
 
 
 async def test_surrogate_pairs_around_the_cursor(client: LanguageClient) -> None:
