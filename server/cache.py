@@ -18,9 +18,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from kaffee.data.tokenizer import KaffeeTokenizer
+from kaffee.errors import KaffeeError
 from kaffee.training.ngram import NgramCounts, cache_weight
 
 log = logging.getLogger(__name__)
+
+MIXTURES = ("fitted", "capped")
+FITTED_MIXTURE = (
+    -3.0,
+    -7.12,
+    -5.54,
+    -4.59,
+    -3.84,
+    -3.21,
+    -1.81,
+    0.01,
+    0.69,
+)  # bench/cache_mixture.py on corpus-apps
 
 
 @dataclass
@@ -30,7 +44,24 @@ class CacheConfig:
     max_tokens: int = 400_000  # tokens of workspace text counted at most (open documents come first)
     max_file_chars: int = 400_000  # longer files are counted only up to this many characters
     rebuild_interval_s: float = 2.0  # the open-documents level is rebuilt at most this often
-    max_weight: float = 0.3  # cap on a level's mixing weight (1.0 hurt a trained GPT: line ES 71 -> 63)
+    max_weight: float = (
+        0.3  # cap on a level's mixing weight in the "capped" mixture (1.0 hurt: line ES 71 -> 63)
+    )
+    mixture: str = (
+        "fitted"  # fitted: weight from the matched order, its count and the model's entropy; capped
+    )
+    # logistic weight sigmoid(a[matched] + b * log(1 + count) + e * entropy); fitted on held-out projects
+    # (runs/fit/fit.py, see models/default/card.md); a[0..6] by matched n-gram order, then b, e
+    fitted: tuple[float, ...] = FITTED_MIXTURE
+
+    def __post_init__(self) -> None:
+        if self.mixture not in MIXTURES:
+            raise KaffeeError(f"cache mixture must be one of {', '.join(MIXTURES)}; not {self.mixture!r}")
+        if len(self.fitted) != self.order + 3:
+            raise KaffeeError(
+                f"cache.fitted needs {self.order + 3} numbers (order {self.order}), not {len(self.fitted)}"
+            )
+
     documents: bool = False  # a level over the open documents too (their text is in the prompt already)
 
 
@@ -148,6 +179,13 @@ class WorkspaceCache:
         return self._workspace is None and self._open is None
 
     # -- use ----------------------------------------------------------------------------------
+    def fitted_weight(self, matched: int, count: int, entropy: float) -> float:
+        """The fitted mixture weight: trust grows with the matched order, its count and the model's doubt."""
+        theta = self.cfg.fitted
+        a = theta[min(max(matched, 0), len(theta) - 3)]
+        z = a + theta[-2] * math.log1p(count) + theta[-1] * entropy
+        return 1.0 / (1.0 + math.exp(-z))
+
     def mix(self, logprobs: torch.Tensor, context: list[int]) -> torch.Tensor:
         """Mix the caches into next-token log-probs (V,) after ``context``."""
         levels = [c for c in (self._workspace, self._open if self.cfg.documents else None) if c is not None]
@@ -155,9 +193,15 @@ class WorkspaceCache:
             return logprobs
         hist = context[-(self.cfg.order - 1) :]
         p = None
+        entropy = None
         for counts in levels:
             pc, matched, hist_count = counts.distribution(hist)
-            lam = min(self.cfg.max_weight, cache_weight(matched, hist_count, self.cfg.beta))
+            if self.cfg.mixture == "fitted":
+                if entropy is None:
+                    entropy = float(-(logprobs.double().exp() * logprobs.double()).nan_to_num().sum())
+                lam = self.fitted_weight(matched, hist_count, entropy)
+            else:
+                lam = min(self.cfg.max_weight, cache_weight(matched, hist_count, self.cfg.beta))
             if lam <= 0.0:
                 continue
             if p is None:

@@ -445,10 +445,12 @@ class CompletionEngine:
         ):
             return pin.ids
         index.refresh()  # pending updates, in the background
-        head_budget = min(cfg.budget_tokens, budget // 2)  # the file's own window keeps at least half
+        head_budget = min(cfg.budget_tokens, budget - cfg.min_window_tokens)
+        if head_budget < 64:  # a small model's window is worth more than a sliver of context
+            head_budget = 0
         chars = int(max(64, budget - head_budget) * 3.5)
         start = snap_to_line(prefix, window_start(len(prefix), chars))
-        blocks = index.context(prefix, suffix, document, start)
+        blocks = index.context(prefix, suffix, document, start) if head_budget else []
         ids = prompt_head(blocks, self.tokenizer.encode, self.tokenizer.eos_id, head_budget, cfg.form)
         hints = None
         if cfg.member_hints:

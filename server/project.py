@@ -55,6 +55,7 @@ class ProjectConfig:
     max_hints: int = 400  # members known per cursor at most
     type_lines: int = 60  # lines before the cursor searched for type names
     budget_tokens: int = 384  # prompt tokens reserved for project context (taken from the file window)
+    min_window_tokens: int = 512  # the file's own window keeps at least this many (no head for small models)
     # files: each block a separate <eos>-led "file"; comments: one header of // lines the window
     # continues; inline: the blocks as plain code the window continues (one "file", no <eos> between)
     form: str = "comments"

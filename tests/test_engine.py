@@ -216,7 +216,7 @@ def test_workspace_cache_lifts_project_identifiers(tiny_model_dir: Path) -> None
         "file:///ws/Cart.java": "class Cart {\n" + "        cart.frobnicateWidget(cart);\n" * 30 + "}\n"
     }
     without = CompletionEngine.from_model_dir(tiny_model_dir, EngineOptions(workspace_cache=False))
-    strong = CacheConfig(max_weight=1.0, documents=True)  # the mechanism at full strength
+    strong = CacheConfig(mixture="capped", max_weight=1.0, documents=True)  # the mechanism at full strength
     with_cache = CompletionEngine.from_model_dir(
         tiny_model_dir, EngineOptions(workspace_cache=True, cache=strong)
     )

@@ -209,7 +209,7 @@ def test_kaffee_serve_gives_the_in_process_numbers(tiny_ngram_dir, corpus, tmp_p
         corpus=str(corpus), tasks=["token", "line", "typing"], limit=10, typing_lines=2, progress=False
     )
     in_process = run_evaluation(
-        EvalConfig(out=str(tmp_path / "a"), systems=[f"ngram:{tiny_ngram_dir},cache=off,label=m"], **base)
+        EvalConfig(out=str(tmp_path / "a"), systems=[f"ngram:{tiny_ngram_dir},cache=off,project=off,label=m"], **base)
     )
     over_lsp = run_evaluation(
         EvalConfig(

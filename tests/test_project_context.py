@@ -187,7 +187,8 @@ def test_prompt_head_fits_the_budget_and_puts_the_best_snippet_last():
 
 def test_engine_pins_the_head_while_typing_on_a_line(tiny_model_dir: Path):
     eng = CompletionEngine.from_model_dir(
-        tiny_model_dir, EngineOptions(workspace_cache=False, project=ProjectConfig(min_similarity=0.0))
+        tiny_model_dir,
+        EngineOptions(workspace_cache=False, project=ProjectConfig(min_similarity=0.0, min_window_tokens=64)),
     )
     eng.set_workspace_files(
         {"file:///w/Account.java": "class Account {\n  void depositFunds(long amount) {}\n}\n"}
