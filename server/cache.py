@@ -24,7 +24,7 @@ from kaffee.training.ngram import NgramCounts, cache_weight
 log = logging.getLogger(__name__)
 
 MIXTURES = ("fitted", "capped")
-FITTED_MIXTURE = (
+FITTED_MIXTURE = (-3.0, -6.6, -5.09, -4.28, -3.81, -3.35, -1.87, -0.01, 0.67)  # bench/cache_mixture.py, valid split
     -3.0,
     -7.12,
     -5.54,
