@@ -79,50 +79,20 @@ class EvalConfig:
 
 
 def _load_dataset(corpus: Path):
+    from kaffee.data.corpus import load_corpus
+
     if not corpus.exists():
         raise KaffeeError(f"corpus directory {corpus} does not exist")
-    try:
-        from kaffee.data.corpus import load_corpus
-    except ImportError:
-        load_corpus = None
-    if load_corpus is not None:
-        return load_corpus(corpus)
-    import datasets
-
-    try:
-        return datasets.load_from_disk(str(corpus))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise KaffeeError(
-            f"{corpus} is not a corpus directory (datasets save_to_disk output): {exc}"
-        ) from exc
+    return load_corpus(corpus)
 
 
 def _split_rows(ds, split: str, corpus: Path):
-    try:
-        from kaffee.data.corpus import split_of
-    except ImportError:
-        split_of = None
-    if split_of is not None:
-        try:
-            return split_of(ds, split)
-        except KaffeeError as exc:
-            raise KaffeeError(f"corpus {corpus}: {exc}") from exc
-    import datasets
+    from kaffee.data.corpus import split_of
 
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise KaffeeError(f"corpus {corpus} has no {split!r} split (has: {', '.join(ds)})")
-        return ds[split]
-    if "split" not in ds.column_names:
-        raise KaffeeError(f"corpus {corpus} has no 'split' column, so no {split!r} split")
-    idx = [i for i, s in enumerate(ds["split"]) if s == split]
-    if not idx:
-        present = sorted(set(ds["split"]))
-        raise KaffeeError(
-            f"corpus {corpus} has no {split!r} split (splits present: {', '.join(present) or 'none'}); "
-            "rebuild it with a test share, e.g. `kaffee corpus build ...`"
-        )
-    return ds.select(idx)
+    try:
+        return split_of(ds, split)
+    except KaffeeError as exc:
+        raise KaffeeError(f"corpus {corpus}: {exc}") from exc
 
 
 def load_held_out(corpus: str | os.PathLike, split: str = "test") -> HeldOut:

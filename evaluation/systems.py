@@ -219,13 +219,9 @@ class EngineSystem(System):
             self.engine = engine
             self.options = getattr(engine, "options", None)
         else:
-            try:
-                from kaffee.server.engine import CompletionEngine
-                from kaffee.server.options import parse_engine_options
-            except ImportError as exc:
-                raise KaffeeError(
-                    f"the completion engine (kaffee.server.engine) is not available: {exc}"
-                ) from exc
+            from kaffee.server.engine import CompletionEngine
+            from kaffee.server.options import parse_engine_options
+
             self.options = parse_engine_options(spec.options, where=f"system spec {spec.text!r}")
             self.engine = CompletionEngine.from_model_dir(self.path, options=self.options, device=device)
             if self.health():
