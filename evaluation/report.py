@@ -129,7 +129,8 @@ def gain_tables(
             ]
         )
     header = ["system", "task", "metric", "without", "with", "gain [95 % CI]", "n"]
-    tables.append(("Project context: with minus without, same positions", header, body))
+    title = "Project context (retrieved code, member hints and the workspace cache): with minus without"
+    tables.append((title, header, body))
     if per_project:
         rows = [
             g for g in gains if g["slice"] != "all" and g["metric"] in ("em", "edit_sim", "mrr10", "top1")

@@ -279,6 +279,9 @@ class EngineSystem(System):
         self._document_uri = uri
         update(uri, ctx.text)
         self._settle_cache()
+        reset = getattr(self.engine, "reset_context", None)
+        if reset is not None:
+            reset()  # every question gets its own project context: no answer depends on earlier ones
 
     def next_tokens(self, ctx: Context, k: int = 10) -> list[str]:
         self._document(ctx)

@@ -248,6 +248,10 @@ class CompletionEngine:
         if self.options.project_context:
             self.project.refresh()
 
+    def reset_context(self) -> None:
+        """Forget every pinned project context (evaluation: each question gets its own, fresh)."""
+        self._pins.clear()
+
     def forget_file(self, uri: str) -> None:
         """``uri`` was deleted from the workspace."""
         self.cache.remove(uri)
@@ -457,7 +461,9 @@ class CompletionEngine:
             # variables declared before the cursor, or after the lines a reused pin may still be asked on
             later = suffix.split("\n")
             later = "\n".join([""] * min(len(later), cfg.pin_lines + 2) + later[cfg.pin_lines + 2 :])
-            table = member_table(prefix + later, index.declarations, cfg.max_hints)
+            table = member_table(
+                prefix, lambda names: index.declarations(names, exclude=document), cfg.max_hints, later
+            )
             if table:
                 hints = MemberHints(table, self.tokenizer.encode, self._decode_tail)
         if len(self._pins) >= 32:

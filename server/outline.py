@@ -34,8 +34,8 @@ MAX_MEMBERS = 60  # members rendered per type (huge generated classes would floo
 class TypeOutline:
     name: str  # simple name of the top-level type
     text: str  # Java-like declaration text without bodies, one member per line
-    methods: tuple[str, ...] = ()  # names of its methods (no constructors), in source order
-    fields: tuple[str, ...] = ()  # names of its fields and enum constants, in source order
+    methods: tuple[str, ...] = ()  # names of its non-private methods (no constructors), in source order
+    fields: tuple[str, ...] = ()  # names of its non-private fields and enum constants, in source order
 
 
 @lru_cache(maxsize=1)
@@ -96,17 +96,23 @@ def _member_lines(body, src: bytes, indent: str, out: list[str], names: dict | N
                     name = c.child_by_field_name("name")
                     if name is not None:
                         parts.append(_text(src, name.start_byte, name.end_byte))
-                        if names is not None:
-                            names["fields"].append(parts[-1])
             if parts:
-                out.append(f"{indent}{_text(src, start, head_end)} {', '.join(parts)};")
+                head = _text(src, start, head_end)
+                out.append(f"{indent}{head} {', '.join(parts)};")
+                if names is not None and not head.startswith("private "):
+                    names["fields"].extend(parts)
         elif kind in _CALLABLES:
             body_node = child.child_by_field_name("body")
             end = body_node.start_byte if body_node is not None else child.end_byte
             sig = _text(src, _without_annotations(child, src), end).rstrip(";").strip()
             out.append(f"{indent}{sig};")
             name = child.child_by_field_name("name")
-            if names is not None and kind == "method_declaration" and name is not None:
+            if (
+                names is not None
+                and kind == "method_declaration"
+                and name is not None
+                and not sig.startswith("private ")
+            ):
                 names["methods"].append(_text(src, name.start_byte, name.end_byte))
         elif kind in _TYPE_DECLS:
             _render_type(child, src, indent, out)

@@ -71,6 +71,8 @@ class ProjectConfig:
             raise KaffeeError("project windows need window_lines >= 1 and 1 <= stride <= window_lines")
         if self.budget_tokens < 0 or self.snippets < 0 or self.types < 0:
             raise KaffeeError("project budget_tokens, snippets and types must be >= 0")
+        if not 0.0 <= self.hint_weight < 1.0:  # also false for NaN
+            raise KaffeeError(f"project hint_weight must be in [0, 1), not {self.hint_weight}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class ProjectIndex:
         self.cfg = config or ProjectConfig()
         self._lock = threading.Lock()  # guards the index structures below
         self._pending_lock = threading.Lock()  # guards _pending and _indexing
+        self._drain_lock = threading.Lock()  # one drainer at a time, so updates apply in order
         self._pending: dict[str, str | None] = {}  # key -> new text (None: remove)
         self._indexing = False
         self._files: dict[str, _File] = {}
@@ -150,7 +153,8 @@ class ProjectIndex:
 
     def update(self, key: str, text: str) -> None:
         with self._pending_lock:
-            if key not in self._files and key not in self._pending and len(self._files) >= self.cfg.max_files:
+            new = key not in self._files and key not in self._pending
+            if new and len(self._files) + len(self._pending) >= self.cfg.max_files:
                 return
             self._pending[key] = text
 
@@ -181,13 +185,15 @@ class ProjectIndex:
                 self.refresh()
 
     def _drain(self) -> None:
-        while True:
-            with self._pending_lock:
-                if not self._pending:
-                    return
-                key = next(iter(self._pending))
-                text = self._pending.pop(key)
-            self._apply(key, text)
+        """Apply pending updates until none are left; waits for a drain running on another thread."""
+        with self._drain_lock:
+            while True:
+                with self._pending_lock:
+                    if not self._pending:
+                        return
+                    key = next(iter(self._pending))
+                    text = self._pending.pop(key)
+                self._apply(key, text)
 
     # -- indexing ---------------------------------------------------------------------------------------
     def _apply(self, key: str, text: str | None) -> None:
@@ -300,7 +306,9 @@ class ProjectIndex:
             inter = np.bincount(hits, minlength=n).astype(np.float64)
             sizes = np.frombuffer(self._win_size, dtype=np.int32)[:n].astype(np.float64)
             score = np.where(sizes > 0, inter / np.maximum(len(query) + sizes - inter, 1.0), 0.0)
-            order = np.argsort(-score, kind="stable")
+            top = min(n, 50 * max(1, k))
+            cand = np.argpartition(-score, top - 1)[:top] if top < n else np.arange(n)
+            order = cand[np.argsort(-score[cand], kind="stable")]
             out: list[tuple[float, str, tuple[int, int]]] = []
             taken: dict[str, list[tuple[int, int]]] = {}
             for wid in order[: 50 * max(1, k)]:
@@ -413,14 +421,16 @@ _VAR_DECL = re.compile(
 
 
 def member_table(
-    text: str, lookup: Callable[[list[str]], list[tuple[str, TypeOutline]]], limit: int
+    before: str, lookup: Callable[[list[str]], list[tuple[str, TypeOutline]]], limit: int, after: str = ""
 ) -> dict[str, tuple[str, ...]]:
-    """``{receiver: member names}`` for the variables of ``text`` whose declared type is a workspace
-    type, and for those types themselves (static access); at most ``limit`` members in all."""
+    """``{receiver: member names}`` for the variables declared in ``before`` (the text before the
+    cursor; the nearest declaration wins) or ``after`` (fields declared further down) whose type is
+    a workspace type, and for those types themselves; at most ``limit`` members in all."""
     typed: dict[str, str] = {}
-    for m in _VAR_DECL.finditer(text):
-        typed.pop(m.group(2), None)
-        typed[m.group(2)] = m.group(1)  # re-insert: the latest declaration wins and sorts last
+    for text in (after, before):  # before the cursor overrides, and its last declaration sorts last
+        for m in _VAR_DECL.finditer(text):
+            typed.pop(m.group(2), None)
+            typed[m.group(2)] = m.group(1)
     pairs = list(reversed(typed.items()))
     outlines = {t.name: t for _, t in lookup(list(dict.fromkeys(t for _, t in pairs)))}
     table: dict[str, tuple[str, ...]] = {}
@@ -435,7 +445,7 @@ def member_table(
     return table
 
 
-_MEMBER_TAIL = re.compile(r"(?<![\w$])([A-Za-z_$][\w$]*)\s*\.\s*([\w$]*)$")
+_MEMBER_TAIL = re.compile(r"(?<![\w$.])([A-Za-z_$][\w$]*)\s*\.\s*([\w$]*)$")  # not "a.b." nor "pkg.x."
 
 
 class MemberHints:
@@ -449,7 +459,12 @@ class MemberHints:
     sub-word pieces do not matter.
     """
 
-    def __init__(self, table: dict[str, tuple[str, ...]], encode: Callable[[str], list[int]], decode_tail):
+    def __init__(
+        self,
+        table: dict[str, tuple[str, ...]],
+        encode: Callable[[str], list[int]],
+        decode_tail: Callable[[list[int]], str],
+    ):
         self.table = table
         self.encode = encode
         self.decode_tail = decode_tail  # ids -> text of their last characters
@@ -465,8 +480,12 @@ class MemberHints:
         self, context: list[int], weight: float, inside: float = 0.9
     ) -> tuple[dict[int, float], float]:
         """``({piece id: probability}, total mass)`` to mix in after ``context`` (empty: no hint)."""
-        m = _MEMBER_TAIL.search(self.decode_tail(context[-12:]))
+        tail = self.decode_tail(context[-12:])
+        m = _MEMBER_TAIL.search(tail)
         if m is None:
+            return {}, 0.0
+        line = tail[tail.rfind("\n") + 1 : m.start()]
+        if "//" in line or line.count('"') % 2 or "/*" in line:  # in a comment or a string: no hints
             return {}, 0.0
         members = self.table.get(m.group(1))
         if not members:

@@ -257,7 +257,8 @@ def test_member_table_types_the_variables_of_the_file():
     text = "class T {\n  private Account primary;\n  void f(Account other, int n) {\n    List<Account> all;\n"
     table = member_table(text, idx.declarations, 100)
     assert table["primary"] == table["other"] == table["Account"]
-    assert {"depositFunds", "toString", "owner", "balance"} <= set(table["primary"])
+    assert {"depositFunds", "toString"} <= set(table["primary"])
+    assert "owner" not in table["primary"]  # private members are not offered to other classes
     assert "n" not in table and "all" not in table  # int and List<Account> are not workspace types
     assert sum(len(v) for v in member_table(text, idx.declarations, 3).values()) == 3
 
@@ -281,3 +282,28 @@ def test_member_hints_follow_the_text_not_the_token_split():
     assert hints.pieces(["inventory", ".", "count"], weight=0.6) == ({}, 0.0)  # complete: the model decides
     assert hints.pieces(["other", "."], weight=0.6) == ({}, 0.0)
     assert hints.pieces(["inventory", ".", "zzz"], weight=0.6) == ({}, 0.0)
+    assert hints.pieces(["a.", "inventory", "."], weight=0.6) == ({}, 0.0)  # a qualified receiver
+    assert hints.pieces(['s = "', "inventory", "."], weight=0.6) == ({}, 0.0)  # inside a string
+    assert hints.pieces(["// see ", "inventory", "."], weight=0.6) == ({}, 0.0)  # inside a comment
+
+
+def test_member_table_prefers_the_declaration_before_the_cursor():
+    idx = _index(
+        {"A.java": "class Alpha { void alphaOnly() {} }\n", "B.java": "class Beta { void betaOnly() {} }\n"}
+    )
+    table = member_table("void f(Alpha m) {\n  m.", idx.declarations, 100, after="\n}\nBeta m;\n")
+    assert table["m"] == ("alphaOnly",)
+
+
+def test_settle_waits_for_a_background_drain():
+    for _ in range(5):
+        idx = ProjectIndex()
+        idx.set_files({f"F{i}.java": f"class F{i} {{ int v{i}; }}\n" * 50 for i in range(60)})
+        idx.refresh()  # a background drain starts
+        idx.refresh(wait=True)  # must not return before every file is in
+        assert idx.files == 60 and not idx.pending
+    capped = ProjectIndex(ProjectConfig(max_files=3))
+    for i in range(10):
+        capped.update(f"N{i}.java", "class N {}\n")  # pending ones count against the cap too
+    capped.refresh(wait=True)
+    assert capped.files == 3
