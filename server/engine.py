@@ -37,9 +37,10 @@ from kaffee.server.context import (
 )
 from kaffee.server.decode import Generation, Runner, Vocab, greedy, token_beam
 from kaffee.server.fastgpt import QUANTIZE_MODES, FastGPT
+from kaffee.server.hints import MemberHints, member_table
 from kaffee.server.java_tokens import trailing_word
 from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
-from kaffee.server.project import MemberHints, ProjectConfig, ProjectIndex, member_table, prompt_head
+from kaffee.server.project import ProjectConfig, ProjectIndex, prompt_head
 from kaffee.training.gpt import GPTModel
 from kaffee.training.lm import DecodeState, LanguageModel
 from kaffee.training.ngram import NgramConfig, NgramCounts, NgramModel

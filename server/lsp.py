@@ -25,7 +25,7 @@ from kaffee.server.engine import Completion, CompletionEngine, EngineOptions, To
 from kaffee.server.java_tokens import first_token, trailing_word
 from kaffee.server.memory import trim_heap
 from kaffee.server.settings import ServerSettings, parse_settings
-from kaffee.server.workspace import ScanLimits, read_java_file, scan_java_files
+from kaffee.server.workspace import SKIP_DIRS, ScanLimits, read_java_file, scan_java_files
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 from pygls.lsp.server import LanguageServer
@@ -319,6 +319,8 @@ class KaffeeLanguageServer(LanguageServer):
             for uri, kind in changes:
                 try:
                     path = to_fs_path(uri)
+                    if path and any(p in SKIP_DIRS or p.startswith(".") for p in Path(path).parts[1:-1]):
+                        continue  # build output, VCS folders: not scanned either
                     text = (
                         None
                         if kind == types.FileChangeType.Deleted or not path

@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 from kaffee.errors import KaffeeError
 from kaffee.server.engine import CompletionEngine, EngineOptions
+from kaffee.server.hints import MemberHints, member_table
 from kaffee.server.options import parse_engine_options
 from kaffee.server.outline import outline
 from kaffee.server.project import (
     Block,
-    MemberHints,
     ProjectConfig,
     ProjectIndex,
     jaccard,
-    member_table,
     prompt_head,
     short_label,
     window_spans,
