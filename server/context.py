@@ -46,6 +46,8 @@ def snap_to_line(text: str, pos: int) -> int:
     """The first line start at or after ``pos`` (``pos`` itself when no line break follows)."""
     if pos <= 0:
         return 0
+    if pos >= len(text):
+        return len(text)
     if text[pos - 1] == "\n":
         return pos
     nl = text.find("\n", pos)

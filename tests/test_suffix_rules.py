@@ -44,3 +44,21 @@ def test_line_that_repeats_the_next_line_is_dropped():
     assert (
         finish_line("total += x;", "", "        ", STYLE, "\n        return total;\n    }") == "total += x;"
     )
+
+
+def test_prompt_window_of_dense_text_fits_its_budget_without_error():
+    """Text of many tokens per character (CJK strings) made the window search step past the end."""
+    from kaffee.data.tokenizer import KaffeeTokenizer
+    from kaffee.models import default_model_dir
+    from kaffee.server.context import build_prompt, snap_to_line
+
+    assert snap_to_line("ab\ncd", 99) == 5
+    tok = KaffeeTokenizer.from_file(default_model_dir() / "tokenizer.json")
+    for prefix in (
+        "class A {\n" + '    String s = "' + "キャラクター" * 400,
+        "x\n" * 50 + "字" * 3000,
+        ("// 日本語のコメント\n" * 200) + "int x = ",
+    ):
+        for budget in (40, 100, 300):
+            prompt = build_prompt(tok, prefix, "", budget_tokens=budget, suffix_tokens=0, fim=False, heal=True)
+            assert len(prompt.ids) <= budget
