@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pytest
 import pytest_asyncio
 from kaffee.models import default_model_dir
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from pytest_lsp import LanguageClient
+from test_lsp import start, stop  # one way to start the real server and answer its registrations
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -53,35 +53,9 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def accept_registrations(client: LanguageClient) -> None:
-    """Answer the server's client/registerCapability (the watched *.java files) as an editor does."""
-
-    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
-    def register(params: types.RegistrationParams) -> None:
-        client.registrations = [r.method for r in params.registrations]
-
-
-async def start(root: Path, project: bool) -> LanguageClient:
-    cmd = [
-        sys.executable,
-        "-m",
-        "kaffee",
-        "serve",
-        "--model",
-        str(default_model_dir()),
-        "--log-level",
-        "warning",
-    ]
-    client = await ClientServerConfig(server_command=cmd).start()
-    accept_registrations(client)
-    await client.initialize_session(
-        types.InitializeParams(
-            capabilities=client_capabilities("visual-studio-code"),
-            root_uri=root.as_uri(),
-            initialization_options={"deadlineMs": 60_000, "workspaceContext": project},
-        )
-    )
-    return client
+async def start_with(root: Path, project: bool) -> LanguageClient:
+    options = {"deadlineMs": 60_000, "workspaceContext": project}
+    return await start(default_model_dir(), options, root=root)
 
 
 async def labels_at_dot(client: LanguageClient, root: Path, until: set[str], wait_s: float) -> list[str]:
@@ -105,10 +79,9 @@ async def labels_at_dot(client: LanguageClient, root: Path, until: set[str], wai
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def with_project(workspace: Path):
-    client = await start(workspace, project=True)
+    client = await start_with(workspace, project=True)
     yield client
-    await asyncio.wait_for(client.shutdown_session(), 30)
-    await client.stop()
+    await stop(client)
 
 
 async def test_member_declared_in_another_file_is_suggested(with_project: LanguageClient, workspace: Path):
@@ -117,12 +90,11 @@ async def test_member_declared_in_another_file_is_suggested(with_project: Langua
 
 
 async def test_without_project_context_the_member_is_not_known(workspace: Path):
-    client = await start(workspace, project=False)
+    client = await start_with(workspace, project=False)
     try:
         labels = await labels_at_dot(client, workspace, set(), wait_s=0)
     finally:
-        await asyncio.wait_for(client.shutdown_session(), 30)
-        await client.stop()
+        await stop(client)
     assert labels, "no completion items at all"
     assert not MEMBERS & set(labels), labels
 
