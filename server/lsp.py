@@ -145,6 +145,7 @@ class KaffeeLanguageServer(LanguageServer):
         self.cli_model_dir = model_dir  # --model; settings.model_path overrides it
         self.cli_device = device  # --device; settings.device overrides it when given
         self.engine_options = engine_options or EngineOptions()
+        self.cli_options = replace(self.engine_options)  # --engine-option: settings can turn features off, not on
         self.documents = DocumentStore()
         self.settings = ServerSettings(device=device or ServerSettings.device)
         self.engine: CompletionEngine | None = None
@@ -187,16 +188,15 @@ class KaffeeLanguageServer(LanguageServer):
             self.notify_user(p)
         turned_on = settings.workspace_context and not self.settings.workspace_context
         self.settings = settings
+        cache = settings.workspace_context and self.cli_options.workspace_cache
+        project = settings.workspace_context and self.cli_options.project_context
         self.engine_options = replace(
-            self.engine_options,
-            max_lines=settings.max_lines,
-            workspace_cache=settings.workspace_context,
-            project_context=settings.workspace_context,
+            self.engine_options, max_lines=settings.max_lines, workspace_cache=cache, project_context=project
         )
         if self.engine is not None:
             self.engine.options.max_lines = settings.max_lines
-            self.engine.options.workspace_cache = settings.workspace_context
-            self.engine.options.project_context = settings.workspace_context
+            self.engine.options.workspace_cache = cache
+            self.engine.options.project_context = project
         if not initial:
             self.load_engine()
             if turned_on and self.engine is not None:
