@@ -237,6 +237,9 @@ class KaffeeLanguageServer(LanguageServer):
             return
         for uri, doc in list(self.documents.docs.items()):
             engine.update_document(uri, doc.text)
+        # settings that changed while the model loaded
+        for name in ("max_lines", "workspace_cache", "project_context"):
+            setattr(engine.options, name, getattr(self.engine_options, name))
         self.engine, self.engine_error = engine, None
         trim_heap()
         if engine.degraded:
