@@ -446,7 +446,7 @@ class CompletionEngine:
             pin is not None
             and pin.generation == index.generation
             and (pin.complete or index.pending)
-            and 0 <= line - pin.line <= cfg.pin_lines  # typing onwards; a move up or far recomputes
+            and 0 <= line - pin.line <= cfg.refresh_lines  # typing onwards; a move up or far recomputes
         ):
             return pin.ids
         index.refresh()  # pending updates, in the background

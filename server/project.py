@@ -59,7 +59,8 @@ class ProjectConfig:
     # files: each block a separate <eos>-led "file"; comments: one header of // lines the window
     # continues; inline: the blocks as plain code the window continues (one "file", no <eos> between)
     form: str = "comments"
-    pin_lines: int = 12  # keep a document's context while the cursor stays within this many lines
+    pin_lines: int = 12  # lines around the cursor whose text never feeds the context (the line being typed)
+    refresh_lines: int = 48  # keep a document's context while typing onwards up to this many lines
     max_files: int = 5000  # files indexed at most (more are ignored, with a log line)
     max_file_chars: int = 400_000  # longer files are indexed only up to this many characters
     max_windows: int = 300_000  # windows indexed at most

@@ -199,7 +199,7 @@ def test_engine_pins_the_head_while_typing_on_a_line(tiny_model_dir: Path):
     assert pin.ids and eng.tokenizer.decode(pin.ids).count("// Path:") >= 1
     eng.complete(prefix + "depos", "\n  }\n}\n", document="file:///w/Teller.java")
     assert eng._pins["file:///w/Teller.java"] is pin  # same line: same head, the KV cache stays valid
-    far = prefix + "\n" * 40 + "    "
+    far = prefix + "\n" * 60 + "    "
     eng.complete(far, "\n  }\n}\n", document="file:///w/Teller.java")
     assert eng._pins["file:///w/Teller.java"] is not pin  # moved far: recomputed
     eng.set_workspace_files({})
