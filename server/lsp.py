@@ -145,7 +145,9 @@ class KaffeeLanguageServer(LanguageServer):
         self.cli_model_dir = model_dir  # --model; settings.model_path overrides it
         self.cli_device = device  # --device; settings.device overrides it when given
         self.engine_options = engine_options or EngineOptions()
-        self.cli_options = replace(self.engine_options)  # --engine-option: settings can turn features off, not on
+        self.cli_options = replace(
+            self.engine_options
+        )  # --engine-option: settings can turn features off, not on
         self.documents = DocumentStore()
         self.settings = ServerSettings(device=device or ServerSettings.device)
         self.engine: CompletionEngine | None = None
