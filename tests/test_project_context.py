@@ -306,3 +306,17 @@ def test_settle_waits_for_a_background_drain():
         capped.update(f"N{i}.java", "class N {}\n")  # pending ones count against the cap too
     capped.refresh(wait=True)
     assert capped.files == 3
+
+
+def test_fitted_cache_weight_trusts_long_matches_and_an_unsure_model(tiny_tokenizer):
+    from kaffee.server.cache import CacheConfig, WorkspaceCache
+
+    cache = WorkspaceCache(tiny_tokenizer, CacheConfig())
+    w = cache.fitted_weight
+    assert 0.0 < w(3, 5, 1.0) < w(6, 5, 1.0) < 1.0  # a longer matched history counts more
+    assert w(6, 5, 0.5) < w(6, 5, 4.0)  # the more unsure the model, the more the cache speaks
+    assert w(1, 100, 0.1) < 0.01  # a unigram match with a confident model: almost nothing
+    with pytest.raises(KaffeeError, match="mixture"):
+        CacheConfig(mixture="average")
+    with pytest.raises(KaffeeError, match="fitted"):
+        CacheConfig(fitted=(0.0, 1.0))
