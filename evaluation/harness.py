@@ -419,11 +419,11 @@ class Evaluation:
                 projects = [
                     held.files[p.file].project if held is not None and p.file >= 0 else "?" for p in pos
                 ]
+                groups = {"all": list(range(len(pos)))}
+                for i, proj in enumerate(projects):
+                    groups.setdefault(f"project={proj}", []).append(i)
                 for metric in a:
                     scale = task.item_scale.get(metric, 1.0)
-                    groups = {"all": list(range(len(pos)))}
-                    for i, proj in enumerate(projects):
-                        groups.setdefault(f"project={proj}", []).append(i)
                     for slice_name, idx in groups.items():
                         with_v = [a[metric][i] for i in idx]
                         without_v = [b[metric][i] for i in idx]

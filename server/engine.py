@@ -384,9 +384,10 @@ class CompletionEngine:
 
     def _decode_tail(self, ids: list[int]) -> str:
         """Text of ``ids`` (special tokens dropped), for matching on characters."""
-        table = self.tokenizer.id_to_bytes
         special = self.tokenizer.special_ids
-        return b"".join(table[i] for i in ids if i not in special).decode("utf-8", errors="ignore")
+        return self.tokenizer.decode_bytes(i for i in ids if i not in special).decode(
+            "utf-8", errors="ignore"
+        )
 
     def _mixer(self, document: str | None = None):
         """The function that mixes project knowledge into each step's next-token log-probs."""
