@@ -1,9 +1,9 @@
 """The corpus pipeline: sources -> decode/filter/scrub/sign (parallel) -> exact dedup -> project split
 -> near dedup (valid/test first, so train never keeps a near duplicate of them) -> Arrow dataset.
 
-The dataset is written to a temporary folder next to ``out`` and renamed into place, so a
-build that is interrupted never leaves a half-written corpus where a complete one is
-expected. See DESIGN.md, "Corpus directory", for the contract.
+The dataset is written to a temporary folder next to ``out`` and swapped into place
+(:mod:`kaffee.atomic_dir`), so a build killed at any instant leaves the previous or the new
+complete corpus at ``out``; the next build cleans up what a killed one left. See DESIGN.md, "Corpus directory", for the contract.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data import debian, dedup, filters, secrets
 from kaffee.data.sources import (
     Limits,
@@ -165,7 +166,9 @@ def resolve_sources(cfg: BuildConfig, failed: list[dict[str, str]]) -> list[Sour
             log.error("%s: Debian packages are skipped", exc)
     resolved = []
     debian_specs = [s for s in specs if s.startswith("debian:")]
-    bar = tqdm(total=len(debian_specs), desc="download", unit="pkg", disable=not cfg.progress or not debian_specs)
+    bar = tqdm(
+        total=len(debian_specs), desc="download", unit="pkg", disable=not cfg.progress or not debian_specs
+    )
     for spec in specs:
         try:
             if spec == "jdk":
@@ -240,8 +243,7 @@ def _process(sources: list[Source], cfg: BuildConfig, failed: list[dict[str, str
 
 def _check_out(cfg: BuildConfig) -> None:
     out = cfg.out
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    recover_dir(out)  # leftovers of killed builds: deleted, or the previous corpus put back at --out
     if out.exists():
         if not cfg.force:
             raise KaffeeError(f"{out} already exists; pass --force to replace it")
@@ -250,22 +252,22 @@ def _check_out(cfg: BuildConfig) -> None:
 
 
 def write_atomically(ds: datasets.Dataset, stats: dict[str, Any], out: Path) -> None:
-    """save_to_disk into a temporary sibling of ``out``, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """save_to_disk into a temporary sibling of ``out``, then swap it into place (kaffee.atomic_dir)."""
+    tmp = make_tmp_dir(out)
     try:
         ds.save_to_disk(str(tmp))
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
+        replace_dir(tmp, out)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _rewrite_stats(stats: dict[str, Any], out: Path) -> None:
+    """Replace out/stats.json by rename, so a kill never leaves a truncated one in a complete corpus."""
+    tmp = out / f".{STATS_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    os.replace(tmp, out / STATS_FILE)
 
 
 def build(cfg: BuildConfig) -> dict[str, Any]:
@@ -292,7 +294,9 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     sigs = np.stack(col.sigs)
     order = [i for name in ("test", "valid", "train") for i, s in enumerate(splits) if s == name]
     log.info("near-dedup of %d files", len(order))
-    dropped_near = dedup.near_duplicates(sigs, tqdm(order, desc="near-dedup", disable=not cfg.progress), cfg.minhash)
+    dropped_near = dedup.near_duplicates(
+        sigs, tqdm(order, desc="near-dedup", disable=not cfg.progress), cfg.minhash
+    )
     near_eval = sum(1 for i, j in dropped_near.items() if splits[i] == "train" and splits[j] != "train")
     col.dropped["near_duplicate"] += len(dropped_near) - near_eval
     col.dropped["near_duplicate_of_valid_test"] += near_eval
@@ -314,7 +318,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                          "dedup_split": round(t_dedup, 1)}  # fmt: skip
     write_atomically(ds, stats, cfg.out)
     stats["timing_s"]["total"] = round(time.time() - t0, 1)
-    (cfg.out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")  # same content plus the total time
+    _rewrite_stats(stats, cfg.out)  # same content plus the total time
     return stats
 
 
@@ -343,8 +347,11 @@ def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[i
         "bytes_seen": col.bytes_seen,
         "bytes_kept": sum(nbytes.values()),
         "latin1_fallbacks": col.latin1,
-        "secrets_scrubbed": {"total": sum(col.secrets.values()), "files": col.files_with_secrets,
-                             "by_kind": dict(sorted(col.secrets.items()))},  # fmt: skip
+        "secrets_scrubbed": {
+            "total": sum(col.secrets.values()),
+            "files": col.files_with_secrets,
+            "by_kind": dict(sorted(col.secrets.items())),
+        },  # fmt: skip
         "exact_duplicates": col.dropped["exact_duplicate"],
         "near_duplicates": near,
         "near_duplicates_of_valid_test_removed_from_train": near_eval,
@@ -355,8 +362,12 @@ def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[i
         "failed_sources": failed,
         "files_seen_per_source": per_source,
         "sources_without_java": [s for s, n in per_source.items() if n == 0],
-        "config": {"limits": asdict(cfg.limits), "filters": asdict(cfg.filters), "minhash": asdict(cfg.minhash),
-                   "split": asdict(cfg.split)},  # fmt: skip
+        "config": {
+            "limits": asdict(cfg.limits),
+            "filters": asdict(cfg.filters),
+            "minhash": asdict(cfg.minhash),
+            "split": asdict(cfg.split),
+        },  # fmt: skip
         "num_rows": ds.num_rows,
     }
 
@@ -367,7 +378,9 @@ def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[i
 def load_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     stats_file = Path(path) / STATS_FILE
     if not stats_file.is_file():
-        raise KaffeeError(f"{path} is not a corpus directory (no {STATS_FILE}); build one with `kaffee corpus build`")
+        raise KaffeeError(
+            f"{path} is not a corpus directory (no {STATS_FILE}); build one with `kaffee corpus build`"
+        )
     return json.loads(stats_file.read_text())
 
 
@@ -379,7 +392,9 @@ def load_corpus(path: str | os.PathLike[str]) -> datasets.Dataset:
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise KaffeeError(f"{path}: cannot load the corpus dataset ({exc})") from exc
     if not isinstance(ds, datasets.Dataset) or not set(COLUMNS) <= set(ds.column_names):
-        raise KaffeeError(f"{path}: not a kaffee corpus (expected a dataset with columns {', '.join(COLUMNS)})")
+        raise KaffeeError(
+            f"{path}: not a kaffee corpus (expected a dataset with columns {', '.join(COLUMNS)})"
+        )
     return ds
 
 

@@ -1,0 +1,157 @@
+"""Issue 15, corpus builder: kills at every rename boundary, symlinks leaving the tree, UTF-16,
+unsafe archive names, bad arguments rejected before any work."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kaffee import atomic_dir
+from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
+from kaffee.data import corpus
+from kaffee.data.corpus import build, load_corpus, load_stats
+from test_corpus_helpers import config, make_java, write_project
+
+OLD = {"a.txt": "old", "sub/b.txt": "old b"}
+NEW = {"a.txt": "new", "sub/b.txt": "new b", "sub/c.txt": "new c"}
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*") if p.is_file()}
+
+
+def _in_child_killed_at(step: int, when: str, run: Callable[[], None], no_exchange: bool) -> bool:
+    """Run ``run`` in a forked child that dies (os._exit, no cleanup) before/after its ``step``-th filesystem
+    primitive (rename, replace, exchange, rmtree, mkdtemp); True when the child finished without reaching it."""
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            calls = [0]
+
+            def killing(fn: Callable) -> Callable:
+                def wrapper(*a, **kw):
+                    calls[0] += 1
+                    if calls[0] == step and when == "before":
+                        os._exit(9)
+                    result = fn(*a, **kw)
+                    if calls[0] == step and when == "after":
+                        os._exit(9)
+                    return result
+
+                return wrapper
+
+            exchange = (lambda a, b: False) if no_exchange else atomic_dir._exchange
+            atomic_dir._exchange = killing(exchange)
+            os.rename = killing(os.rename)
+            os.replace = killing(os.replace)
+            shutil.rmtree = killing(shutil.rmtree)
+            tempfile.mkdtemp = killing(tempfile.mkdtemp)
+            run()
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 9), f"child failed with {code}"
+    return code == 0
+
+
+def _write_new(final: Path) -> None:
+    tmp = make_tmp_dir(final)
+    _write_tree(tmp, NEW)
+    replace_dir(tmp, final)
+
+
+@pytest.mark.parametrize("no_exchange", [False, True], ids=["exchange", "two-renames"])
+def test_replace_dir_killed_at_every_step(tmp_path: Path, no_exchange: bool) -> None:
+    seen = set()
+    for step in range(1, 20):
+        for when in ("before", "after"):
+            root = tmp_path / f"{step}-{when}"
+            final = root / "out"
+            _write_tree(final, OLD)
+            finished = _in_child_killed_at(step, when, lambda f=final: _write_new(f), no_exchange)
+            if not no_exchange:  # with the atomic exchange, final is complete at every instant
+                assert _tree(final) in (OLD, NEW), (step, when)
+            recover_dir(final)
+            after = _tree(final)
+            assert after in (OLD, NEW), (step, when)
+            assert os.listdir(root) == ["out"], (step, when)  # no leftovers
+            seen.add("new" if after == NEW else "old")
+            if finished:
+                assert after == NEW
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.fail("replace_dir never finished")
+    assert seen == {"old", "new"} and step >= 3
+
+
+def test_replace_dir_into_missing_final_and_recover_keeps_live_writers(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    tmp = make_tmp_dir(final)
+    _write_tree(tmp, NEW)
+    recover_dir(final)  # our own (live) tmp dir is not a leftover
+    assert tmp.is_dir()
+    replace_dir(tmp, final)
+    assert _tree(final) == NEW and os.listdir(tmp_path) == ["out"]
+
+
+def test_recover_restores_old_dir_left_by_a_kill(tmp_path: Path) -> None:
+    """The state the pre-fix builder left when killed right after os.replace(out, old)."""
+    dead = _dead_pid()
+    _write_tree(tmp_path / f".out.old-{dead}", OLD)
+    _write_tree(tmp_path / f".out.tmp-{dead}", {"half": "written"})
+    _write_tree(tmp_path / f".other.old-{dead}", OLD)  # another directory's: not ours to touch
+    done = recover_dir(tmp_path / "out")
+    assert _tree(tmp_path / "out") == OLD and len(done) == 2
+    assert sorted(os.listdir(tmp_path)) == [f".other.old-{dead}", "out"]
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+# ------------------------------------------------------------------ corpus build killed while writing
+
+
+@pytest.mark.parametrize("no_exchange", [False, True], ids=["exchange", "two-renames"])
+def test_corpus_build_killed_at_every_rename(tmp_path: Path, no_exchange: bool) -> None:
+    src = write_project(tmp_path, "p", 3, seed=3)
+    first = tmp_path / "first"
+    build(config([src], first))
+    (src / "Extra.java").write_text(make_java(99))
+    outcomes = []
+    for step in range(1, 40):
+        work = tmp_path / f"k{step}"
+        work.mkdir()
+        out = work / "out"
+        shutil.copytree(first, out)
+        cfg = config([src], out, force=True)
+        finished = _in_child_killed_at(step, "after", lambda c=cfg: build(c), no_exchange)
+        if not no_exchange:
+            assert load_corpus(out).num_rows in (3, 4), step
+        corpus._check_out(cfg)  # what the next build does first
+        rows = load_corpus(out).num_rows
+        assert rows in (3, 4) and load_stats(out)["files_kept"] == rows, step
+        assert os.listdir(work) == ["out"], step
+        outcomes.append(rows)
+        if finished:
+            break
+    assert outcomes[0] == 3 and outcomes[-1] == 4 and len(outcomes) >= 3
