@@ -33,22 +33,46 @@ def register(subparsers: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Discover, decode, filter, scrub secrets, dedup and split Java files by project.")  # fmt: skip
     b.add_argument("sources", nargs="*", metavar="SOURCE", help="directories, archives, jdk, debian:PKG")
-    b.add_argument("--out", required=True, type=Path, help="corpus directory to create")
-    b.add_argument("--recipe", help="add the Debian packages of a recipe (data/recipes/NAME, e.g. debian-java) or a recipe file")
+    b.add_argument("--out", required=True, type=_out_dir, help="corpus directory to create")
+    b.add_argument(
+        "--recipe",
+        help="add the Debian packages of a recipe (data/recipes/NAME, e.g. debian-java) or a recipe file",
+    )
     b.add_argument("--seed", type=int, default=0, help="seed of the project split (default 0)")
-    b.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    b.add_argument(
+        "--num-proc",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: all cores)",
+    )
     b.add_argument("--force", action="store_true", help="replace an existing corpus at --out")
-    b.add_argument("--max-file-bytes", type=int, default=1_000_000, help="drop .java files larger than this (default 1000000)")
-    b.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="Debian download cache (default %(default)s)")
-    b.add_argument("--projects-from-subdirs", action="store_true",
-                   help="treat each immediate subdirectory (or top-level archive folder) as its own project")
+    b.add_argument(
+        "--max-file-bytes",
+        type=_positive_int,
+        default=1_000_000,
+        help="drop .java files larger than this (default 1000000)",
+    )
+    b.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="Debian download cache (default %(default)s)",
+    )
+    b.add_argument(
+        "--projects-from-subdirs",
+        action="store_true",
+        help="treat each immediate subdirectory (or top-level archive folder) as its own project",
+    )
     b.add_argument("--valid-frac", type=float, default=0.05, help="share of files for valid (default 0.05)")
     b.add_argument("--test-frac", type=float, default=0.05, help="share of files for test (default 0.05)")
-    b.add_argument("--near-dup-threshold", type=float, default=0.85, help="MinHash Jaccard threshold (default 0.85)")
+    b.add_argument("--near-dup-threshold", type=_threshold, default=0.85,
+                   help="MinHash Jaccard threshold, above 0 and at most 0.98 (default 0.85)")  # fmt: skip
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
 
-    s = sub.add_parser("stats", help="print a readable summary of a corpus", description="Summarise a corpus directory.")
+    s = sub.add_parser(
+        "stats", help="print a readable summary of a corpus", description="Summarise a corpus directory."
+    )
     s.add_argument("dir", type=Path, help="corpus directory")
     s.add_argument("--json", action="store_true", help="print stats.json as is")
     s.set_defaults(func=_stats)
@@ -61,6 +85,42 @@ def register(subparsers: Any) -> None:
         tokenizer_cli.register(subparsers)
 
 
+# Argument types: a bad value is an argparse error (exit 2, usage and message) before any work.
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _threshold(value: str) -> float:
+    from kaffee.data.dedup import MinHashConfig, check_threshold
+
+    try:
+        number = float(value)
+        check_threshold(number, MinHashConfig().num_perm)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            str(exc) if "must be" in str(exc) else f"not a number: {value!r}"
+        ) from None
+    return number
+
+
+def _out_dir(value: str) -> Path:
+    from kaffee.data.corpus import out_problem
+
+    path = Path(value).expanduser()
+    problem = out_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return path
+
+
 def _build(args: argparse.Namespace) -> int:
     from kaffee.data.corpus import BuildConfig, build
     from kaffee.data.dedup import MinHashConfig
@@ -71,8 +131,6 @@ def _build(args: argparse.Namespace) -> int:
 
     if not args.sources and not args.recipe:
         raise KaffeeError("give at least one SOURCE or --recipe (see `kaffee corpus build --help`)")
-    if args.max_file_bytes < 1:
-        raise KaffeeError("--max-file-bytes must be positive")
     try:
         split = SplitConfig(valid_frac=args.valid_frac, test_frac=args.test_frac)
     except ValueError as exc:

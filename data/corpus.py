@@ -3,7 +3,8 @@
 
 The dataset is written to a temporary folder next to ``out`` and swapped into place
 (:mod:`kaffee.atomic_dir`), so a build killed at any instant leaves the previous or the new
-complete corpus at ``out``; the next build cleans up what a killed one left. See DESIGN.md, "Corpus directory", for the contract.
+complete corpus at ``out``; the next build cleans up what a killed one left. See DESIGN.md,
+"Corpus directory", for the contract.
 """
 
 from __future__ import annotations
@@ -72,6 +73,29 @@ class BuildConfig:
         self.filters.max_file_bytes = self.limits.max_file_bytes
         if self.num_proc < 1:
             raise KaffeeError(f"--num-proc must be at least 1, got {self.num_proc}")
+        try:
+            dedup.check_threshold(self.minhash.threshold, self.minhash.num_perm)
+        except ValueError as exc:
+            raise KaffeeError(f"--near-dup-threshold {exc}") from None
+        problem = out_problem(self.out)
+        if problem:
+            raise KaffeeError(f"--out {self.out}: {problem}")
+
+
+def out_problem(out: Path) -> str | None:
+    """Why a corpus cannot be created at ``out`` (checked before any work), or None."""
+    if out.exists() and not out.is_dir():
+        return "exists and is not a directory"
+    parent = out.parent
+    while not parent.exists():  # the nearest existing ancestor must be a writable directory
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
 
 
 # ---------------------------------------------------------------- worker side

@@ -33,6 +33,33 @@ class MinHashConfig:
     chunk: int = 4096  # shingles permuted at once (bounds memory)
 
 
+def check_threshold(threshold: float, num_perm: int) -> None:
+    """ValueError, with the valid range, unless the LSH index can be built for ``threshold``.
+
+    datasketch's MinHashLSH picks b bands of r rows (b * r <= num_perm) for the threshold and
+    needs b >= 2; near 1 the best choice is a single band, so with 128 permutations the
+    threshold must stay at or below about 0.98.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"must be above 0 and at most {max_threshold(num_perm)}, got {threshold}")
+    try:
+        MinHashLSH(threshold=threshold, num_perm=num_perm)
+    except ValueError:
+        raise ValueError(f"must be above 0 and at most {max_threshold(num_perm)} with {num_perm} MinHash "
+                         f"permutations (the LSH index needs at least 2 bands), got {threshold}") from None  # fmt: skip
+
+
+def max_threshold(num_perm: int) -> float:
+    """The highest threshold (2 decimals) that MinHashLSH accepts with ``num_perm`` permutations."""
+    for hundredths in range(99, 0, -1):
+        try:
+            MinHashLSH(threshold=hundredths / 100, num_perm=num_perm)
+        except ValueError:
+            continue
+        return hundredths / 100
+    return 0.0
+
+
 def normalised_hash(text: str) -> bytes:
     """16-byte hash of the text with all whitespace runs collapsed (exact-dedup key)."""
     return hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
@@ -99,7 +126,9 @@ def near_duplicates(signatures: np.ndarray, order: Iterable[int], cfg: MinHashCo
     dropped: dict[int, int] = {}
     for i in order:
         mh = LeanMinHash(seed=cfg.seed, hashvalues=signatures[i], scheme="affine32")
-        match = next((c for c in lsh.query(mh) if jaccard(signatures[i], signatures[c]) >= cfg.threshold), None)
+        match = next(
+            (c for c in lsh.query(mh) if jaccard(signatures[i], signatures[c]) >= cfg.threshold), None
+        )
         if match is None:
             lsh.insert(i, mh, check_duplication=False)
         else:

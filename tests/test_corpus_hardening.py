@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,8 @@ from kaffee import atomic_dir
 from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data import corpus
 from kaffee.data.corpus import build, load_corpus, load_stats
+from kaffee.data.dedup import MinHashConfig, max_threshold
+from kaffee.errors import KaffeeError
 from test_corpus_helpers import config, make_java, write_project
 
 OLD = {"a.txt": "old", "sub/b.txt": "old b"}
@@ -155,3 +159,39 @@ def test_corpus_build_killed_at_every_rename(tmp_path: Path, no_exchange: bool) 
         if finished:
             break
     assert outcomes[0] == 3 and outcomes[-1] == 4 and len(outcomes) >= 3
+
+
+# ------------------------------------------------------------------ bad arguments, before any work
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--near-dup-threshold", "0.99"], "at most 0.98 with 128 MinHash permutations"),
+        (["--near-dup-threshold", "1.5"], "must be above 0 and at most 0.98"),
+        (["--near-dup-threshold", "0"], "must be above 0"),
+        (["--num-proc", "0"], "--num-proc: must be at least 1"),
+        (["--out", "{file}/corpus"], "is not a directory"),
+        (["--out", "{file}"], "exists and is not a directory"),
+    ],
+)
+def test_bad_arguments_are_rejected_up_front(tmp_path: Path, args: list[str], message: str) -> None:
+    src = write_project(tmp_path, "p", 2, seed=1)
+    (tmp_path / "file").write_text("a regular file")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "kaffee", "corpus", "build", str(src), "--no-progress", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    assert (tmp_path / "file").read_text() == "a regular file"
+
+
+def test_bad_config_is_rejected_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(KaffeeError, match="at most 0.98"):
+        config([tmp_path], tmp_path / "out", minhash=MinHashConfig(threshold=0.99))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KaffeeError, match="is not a directory"):
+        config([tmp_path], tmp_path / "file" / "out")
+    assert max_threshold(128) == 0.98 and max_threshold(64) == 0.96
