@@ -5,6 +5,14 @@ used at discovery (too large, unreadable, a symlink loop, an archive member that
 expand without bound) is still yielded, with ``data=None`` and a drop ``reason``, so the
 pipeline counts it. A source that cannot be used at all raises :class:`SourceError`; the
 builder reports it and goes on with the others.
+
+Hostile trees and archives: a symlink whose target lies outside the source directory is
+never read (``symlink_outside_source``); symlinks inside it are followed, and each file and
+directory is read once whatever the number of links to it. Archive member names are
+normalised to relative POSIX paths (backslashes are separators; drive letters, leading
+slashes and ``.`` are dropped, ``..`` is resolved); a name that would climb out of the
+archive root, or holds control characters, is skipped (``unsafe_path``) rather than clamped,
+since no honest archive needs one.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -109,6 +118,35 @@ def archive_stem(path: Path) -> str:
     return path.stem
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_member_path(name: str) -> str | None:
+    """An archive member name as a relative POSIX path that stays inside the archive, or None."""
+    if _CONTROL_CHARS.search(name):
+        return None
+    parts: list[str] = []
+    for part in _DRIVE.sub("", name.replace("\\", "/")).split("/"):
+        if part == "..":
+            if not parts:
+                return None  # climbs out of the archive root
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts) or None
+
+
+def _unsafe(path: Path, name: str, src: Source) -> RawFile:
+    log.warning("%s: member name %r leaves the archive root or holds control characters, skipped", path, name)
+    base = ascii(name.replace("\\", "/").rsplit("/", 1)[-1])[1:-1]  # even a dropped file keeps no unsafe path
+    return RawFile(src.project, base, None, "unsafe_path")
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
 def _read_file(path: Path, project: str, rel: str, limits: Limits) -> RawFile:
     try:
         st = os.stat(path)
@@ -128,12 +166,15 @@ def _read_file(path: Path, project: str, rel: str, limits: Limits) -> RawFile:
 
 
 def _walk_dir(root: Path, src: Source) -> Iterator[RawFile]:
-    """Depth-first, sorted walk that follows directory symlinks but never the same directory twice."""
+    """Depth-first, sorted walk. Symlinks are followed within ``root`` only; every directory and file
+    is visited once (a second link to it is skipped silently, so nothing is counted twice)."""
     try:
         root_st = os.stat(root)
     except OSError as exc:
         raise SourceError("unreadable", f"{root}: cannot read directory ({exc.strerror})") from exc
+    root_real = os.path.realpath(root)
     visited = {(root_st.st_dev, root_st.st_ino)}
+    seen_files: set[tuple[int, int]] = set()
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
         folder, rel = stack.pop()
@@ -150,15 +191,24 @@ def _walk_dir(root: Path, src: Source) -> Iterator[RawFile]:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
-            if is_dir:
-                if entry.name in SKIP_DIRS:
-                    continue
-                try:
-                    st = os.stat(entry.path)
-                except OSError:
+            if (is_dir and entry.name in SKIP_DIRS) or (not is_dir and not is_java(entry.name)):
+                continue
+            if entry.is_symlink() and not _inside(os.path.realpath(entry.path), root_real):
+                log.warning(
+                    "%s: symlink to %s, outside the source, skipped", entry.path, os.path.realpath(entry.path)
+                )
+                yield RawFile(src.project_for(child_rel), child_rel, None, "symlink_outside_source")
+                continue
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                if is_dir:
                     yield RawFile(src.project_for(child_rel), child_rel, None, "unreadable")
-                    continue
-                key = (st.st_dev, st.st_ino)
+                else:  # _read_file tells a symlink loop from an unreadable file
+                    yield _read_file(Path(entry.path), src.project_for(child_rel), child_rel, src.limits)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if is_dir:
                 if key in visited:
                     if entry.is_symlink():
                         log.warning("%s: symlink loop (or repeated directory), skipped", entry.path)
@@ -166,7 +216,8 @@ def _walk_dir(root: Path, src: Source) -> Iterator[RawFile]:
                     continue
                 visited.add(key)
                 subdirs.append((Path(entry.path), child_rel))
-            elif is_java(entry.name):
+            elif key not in seen_files:
+                seen_files.add(key)
                 yield _read_file(Path(entry.path), src.project_for(child_rel), child_rel, src.limits)
         stack.extend(reversed(subdirs))
 
@@ -180,8 +231,11 @@ def _iter_zip(path: Path, src: Source) -> Iterator[RawFile]:
     total = 0
     with zf:
         for info in zf.infolist():
-            name = info.filename
-            if info.is_dir() or not is_java(name):
+            if info.is_dir() or not is_java(info.filename):
+                continue
+            name = safe_member_path(info.filename)
+            if name is None:
+                yield _unsafe(path, info.filename, src)
                 continue
             project = src.project_for(name)
             ratio = info.file_size / max(info.compress_size, 1)
@@ -193,7 +247,9 @@ def _iter_zip(path: Path, src: Source) -> Iterator[RawFile]:
                 yield RawFile(project, name, None, "too_large")
                 continue
             if total + info.file_size > lim.max_archive_bytes:
-                log.warning("%s: more than %d bytes expanded; the rest is skipped", path, lim.max_archive_bytes)
+                log.warning(
+                    "%s: more than %d bytes expanded; the rest is skipped", path, lim.max_archive_bytes
+                )
                 yield RawFile(project, name, None, "archive_bomb")
                 return
             try:
@@ -228,7 +284,10 @@ def _iter_tar(path: Path, src: Source) -> Iterator[RawFile]:
                     return
                 if not member.isfile() or not is_java(member.name):
                     continue
-                name = member.name.removeprefix("./")
+                name = safe_member_path(member.name)
+                if name is None:
+                    yield _unsafe(path, member.name, src)
+                    continue
                 project = src.project_for(name)
                 if member.size > lim.max_file_bytes:
                     yield RawFile(project, name, None, "too_large")
@@ -266,7 +325,9 @@ def resolve_path(spec: str, limits: Limits, projects_from_subdirs: bool = False)
         name = path.resolve().name or "root"
         return Source(spec, "dir", [path], name, projects_from_subdirs, limits)
     if archive_kind(path):
-        return Source(spec, archive_kind(path) or "zip", [path], archive_stem(path), projects_from_subdirs, limits)
+        return Source(
+            spec, archive_kind(path) or "zip", [path], archive_stem(path), projects_from_subdirs, limits
+        )
     if is_java(path.name):
         return Source(spec, "file", [path], path.resolve().parent.name or "root", False, limits)
     raise SourceError("unsupported", f"{spec}: not a directory, a .java file or a supported archive "
@@ -296,8 +357,12 @@ def load_recipe(name: str) -> list[tuple[str, str | None]]:
     """Packages of a recipe: a file under data/recipes/ or a path. Lines: ``NAME [VERSION]  # comment``."""
     path = Path(name) if ("/" in name or Path(name).is_file()) else RECIPES_DIR / name
     if not path.is_file():
-        available = sorted(p.name for p in RECIPES_DIR.iterdir() if p.is_file()) if RECIPES_DIR.is_dir() else []
-        raise SourceError("unknown_recipe", f"unknown recipe {name!r}; available: {', '.join(available) or 'none'}")
+        available = (
+            sorted(p.name for p in RECIPES_DIR.iterdir() if p.is_file()) if RECIPES_DIR.is_dir() else []
+        )
+        raise SourceError(
+            "unknown_recipe", f"unknown recipe {name!r}; available: {', '.join(available) or 'none'}"
+        )
     packages = []
     for line in path.read_text().splitlines():
         fields = line.split("#", 1)[0].split()

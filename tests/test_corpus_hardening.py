@@ -3,11 +3,14 @@ unsafe archive names, bad arguments rejected before any work."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data import corpus
 from kaffee.data.corpus import build, load_corpus, load_stats
 from kaffee.data.dedup import MinHashConfig, max_threshold
+from kaffee.data.sources import Limits, resolve_path
 from kaffee.errors import KaffeeError
 from test_corpus_helpers import config, make_java, write_project
 
@@ -195,3 +199,70 @@ def test_bad_config_is_rejected_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(KaffeeError, match="is not a directory"):
         config([tmp_path], tmp_path / "file" / "out")
     assert max_threshold(128) == 0.98 and max_threshold(64) == 0.96
+
+
+# ------------------------------------------------------------------ symlinks leaving the tree
+
+
+def test_symlinks_never_leave_the_source_tree(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "Secret.java").write_text(make_java(500))
+    proj = write_project(tmp_path, "p", 2, seed=31)
+    java = proj / "src" / "main" / "java"
+    (proj / "Passwd.java").symlink_to("/etc/passwd")
+    (proj / "Secret.java").symlink_to(outside / "Secret.java")
+    (proj / "ext").symlink_to(outside)  # a directory outside
+    (proj / "Dangling.java").symlink_to(outside / "Nope.java")
+    (java / "Alias.java").symlink_to(java / "File0.java")  # inside the tree: read once, under one path
+    (proj / "same").symlink_to(java)  # inside the tree, a directory: walked once
+    files = list(resolve_path(str(proj), Limits()).iter_files())
+    reasons = {f.path: f.reason for f in files}
+    assert reasons == {
+        "Dangling.java": "symlink_outside_source",
+        "Passwd.java": "symlink_outside_source",
+        "Secret.java": "symlink_outside_source",
+        "ext": "symlink_outside_source",
+        "same/Alias.java": None,
+        "same/File1.java": None,
+    }  # fmt: skip (first path in walk order)
+    stats = build(config([proj], tmp_path / "out"))
+    assert stats["files_seen"] == 6 and stats["dropped"] == {"symlink_outside_source": 4}
+    text = "\n".join(load_corpus(tmp_path / "out")["text"])
+    assert make_java(500) not in text and "root:" not in text
+
+
+# ------------------------------------------------------------------ archive member names
+
+
+UNSAFE_NAMES = {
+    "../../../../tmp/x/Slip.java": None,
+    "lib/../../Up.java": None,
+    "/abs/Abs.java": "abs/Abs.java",
+    "C:\\win\\src\\Win.java": "win/src/Win.java",
+    "C:/drive/Drive.java": "drive/Drive.java",
+    "./a/./b/../Dots.java": "a/Dots.java",
+    "//double//Slash.java": "double/Slash.java",
+    "ctl/Bad\x1b[2J.java": None,
+}
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_archive_member_names_are_made_safe(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"evil.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for i, name in enumerate(UNSAFE_NAMES):
+                zf.writestr(zipfile.ZipInfo(name), make_java(600 + i))
+    else:
+        with tarfile.open(path, "w") as tf:
+            for i, name in enumerate(UNSAFE_NAMES):
+                data = make_java(600 + i).encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    files = list(resolve_path(str(path), Limits()).iter_files())
+    kept = sorted(f.path for f in files if f.data is not None)
+    assert kept == sorted(p for p in UNSAFE_NAMES.values() if p)
+    assert [f.reason for f in files if f.data is None] == ["unsafe_path"] * 3
+    assert all(".." not in f.path.split("/") and not f.path.startswith("/") for f in files)
