@@ -1,18 +1,22 @@
-"""Java lexical tokens from tree-sitter-java: the unit every evaluation task counts in.
+"""Java lexical tokens as every evaluation task counts them.
 
-A token is a leaf of the tree-sitter parse (a real lexer, not a regex guess), except
-that a whole string, character or text-block literal is one token, as in the Java
-language specification. Comments are not tokens. Offsets are *character* offsets into
-the Python string (tree-sitter reports bytes; we convert).
+The tokens are those of ``server/java_tokens.py`` -- the lexer the engine uses to decide
+where a whole token ends -- so a task's target and an engine's suggestion are cut by one
+definition (``Map<String, List<Integer`` is followed by ``>``, as JLS §3.2 says and as
+the engine suggests). This module adds what the tasks need on top: a kind per token
+(the member after ``.`` apart), line numbers, and whether a token is part of a package
+or import declaration. Comments are not tokens; a string, character or text-block
+literal is one. Offsets are character offsets into the Python string.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from functools import lru_cache
 
-# Token kinds reported by the token task (DESIGN.md "Metrics").
+from kaffee.server import java_tokens
+
+# Token kinds reported by the token task (docs/architecture.md, "Metrics").
 IDENTIFIER = "identifier"
 KEYWORD = "keyword"
 OPERATOR = "operator/punctuation"
@@ -20,13 +24,10 @@ LITERAL = "literal"
 MEMBER = "member after ."
 KINDS: tuple[str, ...] = (IDENTIFIER, KEYWORD, OPERATOR, LITERAL, MEMBER)
 
-_COMMENTS = frozenset({"line_comment", "block_comment", "comment"})
-# Nodes that are one lexical token even though tree-sitter gives them children.
-_WHOLE = frozenset({"string_literal", "character_literal", "text_block"})
-_LITERAL_LEAVES = frozenset({"true", "false", "null_literal"})
-_IDENTIFIER_LEAVES = frozenset({"identifier", "type_identifier"})
-# Declarations whose lines are not "code lines" for the line task.
-_HEADER_DECLS = frozenset({"package_declaration", "import_declaration"})
+# Words the JLS calls contextual keywords: identifiers unless they stand where the
+# grammar makes them keywords. Counted as identifiers (tree-sitter-java does the same
+# for ``var``, ``record`` and ``yield`` as names).
+_CONTEXTUAL = frozenset({"var", "record", "yield", "sealed", "permits"})
 
 
 @dataclass(frozen=True)
@@ -40,82 +41,42 @@ class JavaToken:
     header: bool  # inside a package or import declaration
 
 
-@lru_cache(maxsize=1)
-def _parser():
-    import tree_sitter_java
-    from tree_sitter import Language, Parser
-
-    return Parser(Language(tree_sitter_java.language()))
-
-
-def _classify(node_type: str, named: bool, text: str, prev_text: str | None) -> str:
-    if node_type in _WHOLE or node_type.endswith("_literal") or node_type in _LITERAL_LEAVES:
+def _kind(t: java_tokens.Lexeme, prev_text: str | None) -> str:
+    if t.kind == "literal":
         return LITERAL
-    if node_type in _IDENTIFIER_LEAVES:
+    if t.kind == "identifier" or (t.kind == "keyword" and t.text in _CONTEXTUAL):
         return MEMBER if prev_text == "." else IDENTIFIER
-    if text[:1].isalpha() or text[:1] == "_":
-        # anonymous keyword leaves ('public', 'int', 'new') and keyword-like named
-        # leaves ('void_type', 'boolean_type', 'this', 'super')
+    if t.kind == "keyword":
         return KEYWORD
     return OPERATOR
 
 
-class _Offsets:
-    """Byte offset -> character offset, and character offset -> line number."""
-
-    def __init__(self, text: str, data: bytes):
-        self.ascii = len(data) == len(text)
-        if not self.ascii:
-            starts = []
-            pos = 0
-            for ch in text:
-                starts.append(pos)
-                pos += len(ch.encode("utf-8"))
-            self.byte_starts = starts
-        self.line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
-
-    def char(self, byte_offset: int) -> int:
-        if self.ascii:
-            return byte_offset
-        return bisect.bisect_left(self.byte_starts, byte_offset)
-
-    def line(self, char_offset: int) -> int:
-        return bisect.bisect_right(self.line_starts, char_offset) - 1
-
-
 def lex(text: str) -> list[JavaToken]:
     """All Java tokens of ``text`` in order (comments skipped, literals whole)."""
-    data = text.encode("utf-8", errors="surrogatepass")
-    tree = _parser().parse(data)
-    offsets = _Offsets(text, data)
+    line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+
+    def line_of(offset: int) -> int:
+        return bisect.bisect_right(line_starts, offset) - 1
+
     out: list[JavaToken] = []
     prev_text: str | None = None
-    cursor = tree.walk()
-    header_depth = 0  # >0 while inside a package/import declaration
-    header_stack: list[bool] = []
-    while True:
-        node = cursor.node
-        ntype = node.type
-        descend = node.child_count > 0 and ntype not in _WHOLE and ntype not in _COMMENTS
-        if not descend and ntype not in _COMMENTS and node.end_byte > node.start_byte:
-            start, end = offsets.char(node.start_byte), offsets.char(node.end_byte)
-            tok_text = text[start:end]
-            kind = _classify(ntype, node.is_named, tok_text, prev_text)
-            out.append(
-                JavaToken(
-                    tok_text, kind, start, end, offsets.line(start), offsets.line(end - 1), header_depth > 0
-                )
-            )
-            prev_text = tok_text
-        if descend and cursor.goto_first_child():
-            is_header = ntype in _HEADER_DECLS
-            header_stack.append(is_header)
-            header_depth += is_header
+    depth = 0  # brace depth: package and import declarations live at depth 0
+    header = False
+    for t in java_tokens.lex(text):
+        if t.kind == "comment":
             continue
-        while not cursor.goto_next_sibling():
-            if not cursor.goto_parent():
-                return out
-            header_depth -= header_stack.pop()
+        if depth == 0 and t.kind == "keyword" and t.text in ("package", "import"):
+            header = True
+        end = t.start + len(t.text)
+        out.append(
+            JavaToken(t.text, _kind(t, prev_text), t.start, end, line_of(t.start), line_of(end - 1), header)
+        )
+        if header and t.text == ";":
+            header = False
+        depth += (t.text == "{") - (t.text == "}") if t.kind == "separator" else 0
+        depth = max(depth, 0)
+        prev_text = t.text
+    return out
 
 
 @dataclass(frozen=True)

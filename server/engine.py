@@ -38,7 +38,7 @@ from kaffee.server.context import (
 from kaffee.server.decode import Generation, Runner, Vocab, greedy, token_beam
 from kaffee.server.fastgpt import QUANTIZE_MODES, FastGPT
 from kaffee.server.hints import MemberHints, member_table
-from kaffee.server.java_tokens import trailing_word
+from kaffee.server.java_tokens import open_type_arguments, trailing_word
 from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
 from kaffee.server.project import ProjectConfig, ProjectIndex, prompt_head
 from kaffee.training.gpt import GPTModel
@@ -508,6 +508,7 @@ class CompletionEngine:
             max_pieces=self.options.token_max_pieces,
             deadline=deadline,
             cancel=cancel,
+            type_args=open_type_arguments(_statement_tail(prefix)) > 0,
         )
         return [TokenSuggestion(c.text, lp, c.attached) for c, lp in ranked]
 
@@ -633,3 +634,15 @@ def resolve_device(device: str) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise KaffeeError(f"device {device!r} was asked for but CUDA is not available")
     return device
+
+
+def _statement_tail(prefix: str, limit: int = 2000) -> str:
+    """The last lines of ``prefix`` (at most ``limit`` characters, from a line start).
+
+    Enough to tell whether the cursor is inside type arguments: a type context never
+    spans a statement boundary, so the lexer needs only the last few tokens.
+    """
+    if len(prefix) <= limit:
+        return prefix
+    tail = prefix[-limit:]
+    return tail[tail.find("\n") + 1 :]

@@ -1,9 +1,16 @@
 """A small, forgiving Java lexer: whole-token boundaries, token kinds, bracket balance.
 
-The engine uses it to decide when a run of sub-word pieces forms one whole Java token,
-and the post-processing uses it to count brackets outside strings and comments. It
-never fails: anything it does not know becomes an ``unknown`` token, and unterminated
+The one definition of a whole Java token in Kaffee: the engine uses it to decide when a
+run of sub-word pieces forms one token, the post-processing to count brackets outside
+strings and comments, and the evaluation (``evaluation/lexer.py``) to cut its targets.
+It never fails: anything it does not know becomes an ``unknown`` token, and unterminated
 strings, characters and comments come back with ``complete=False``.
+
+Java's lexical grammar is not context-free in one place, and this lexer follows it
+(JLS 17 §3.2): in a type context, ``>>`` and ``>>>`` are two and three ``>`` tokens
+(``Map<String, List<Integer>>``). A regex cannot see the type context, so ``lex`` tracks
+the ``<`` that may open type arguments (see ``TypeArguments``); tests check it against
+tree-sitter-java's parse.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ _LEXER = re.compile(
   | (?P<open_string>"(?:[^"\\\r\n]|\\.)*\\?)
   | (?P<char>'(?:[^'\\\r\n]|\\.)*')
   | (?P<open_char>'(?:[^'\\\r\n]|\\.)*\\?)
-  | (?P<number>0[xX][0-9a-fA-F_]*[lL]?|0[bB][01_]*[lL]?
+  | (?P<number>0[xX][0-9a-fA-F_]*(?:\.[0-9a-fA-F_]*)?(?:[pP][+-]?\d*)?[fFdDlL]?|0[bB][01_]*[lL]?
         |(?:\d[\d_]*(?:\.(?!\.)[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d*)?[fFdDlL]?)
+  | (?P<nonsealed>non-sealed(?![\w$]))
   | (?P<word>(?:[^\W\d]|\$)[\w$]*)
   | (?P<operator>"""
     + "|".join(re.escape(op) for op in OPERATORS)
@@ -69,6 +77,8 @@ class Lexeme:
 def _lexeme(m: re.Match) -> Lexeme:
     group = m.lastgroup or "unknown"
     text = m.group()
+    if group == "nonsealed":
+        return Lexeme("keyword", text, m.start())
     if group == "word":
         kind = "keyword" if text in KEYWORDS else "literal" if text in LITERAL_WORDS else "identifier"
         return Lexeme(kind, text, m.start())
@@ -81,14 +91,77 @@ def _lexeme(m: re.Match) -> Lexeme:
     return Lexeme(group, text, m.start())
 
 
+# Tokens that may stand between a ``<`` opening type arguments and its ``>``.
+_TYPE_WORDS = frozenset("extends super boolean byte char double float int long short void".split())
+_TYPE_PUNCT = frozenset(". , ? & [ ] @".split())
+# What may come right before a ``<`` that opens type arguments or type parameters:
+# ``List<``, ``Collections.<``, ``public <T>``, ``new <T>``, ``; <T> void f()``.
+_OPENS_AFTER = frozenset(
+    "public protected private static final abstract synchronized native default strictfp new . ; { }".split()
+)
+
+
+class TypeArguments:
+    """Which ``<`` may open type arguments, and so which ``>`` close them (JLS §3.2).
+
+    A ``<`` after a capitalised name (or ``.``, a modifier, a statement boundary) is a
+    candidate; it stays one while only type-shaped tokens follow (names, ``.``, ``,``,
+    ``?``, ``&``, ``[]``, annotations, ``extends``/``super``, primitive types) and any
+    other token shows it was a comparison. Inside candidates each ``>`` is one token.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0  # candidate openers not closed yet
+        self._prev: Lexeme | None = None
+
+    def _opens(self, t: Lexeme) -> bool:
+        prev = self._prev
+        if t.text != "<" or t.kind != "operator":
+            return False
+        if prev is None or prev.text in _OPENS_AFTER:
+            return True
+        # ``List<`` but not ``written < attempted >>> 1``: type names start upper-case by
+        # convention, variables lower-case (the one heuristic here; tests measure it).
+        return prev.kind == "identifier" and not prev.text[0].islower()
+
+    def feed(self, t: Lexeme) -> list[Lexeme]:
+        """The tokens ``t`` stands for (a ``>>`` closing two openers is two ``>``)."""
+        out = [t]
+        if t.kind in ("comment", "whitespace"):
+            return out
+        if self._opens(t):
+            self.depth += 1
+        elif self.depth and t.kind == "operator" and set(t.text) == {">"}:
+            n = min(len(t.text), self.depth)
+            self.depth -= n
+            head = [Lexeme("operator", ">", t.start + i) for i in range(n)]
+            rest = t.text[n:]
+            out = head + ([Lexeme("operator", rest, t.start + n)] if rest else [])
+        elif self.depth and not (
+            t.kind == "identifier" or t.text in _TYPE_PUNCT or (t.kind == "keyword" and t.text in _TYPE_WORDS)
+        ):
+            self.depth = 0  # the candidates were comparisons
+        self._prev = out[-1]
+        return out
+
+
 def lex(text: str, skip_whitespace: bool = True) -> list[Lexeme]:
     """All tokens of ``text`` (comments included, whitespace only if asked)."""
-    out = []
+    out: list[Lexeme] = []
+    types = TypeArguments()
     for m in _LEXER.finditer(text):
         if skip_whitespace and m.lastgroup == "whitespace":
             continue
-        out.append(_lexeme(m))
+        out.extend(types.feed(_lexeme(m)))
     return out
+
+
+def open_type_arguments(text: str) -> int:
+    """How many type-argument ``<`` are open at the end of ``text`` (0 outside a type context)."""
+    types = TypeArguments()
+    for m in _LEXER.finditer(text):
+        types.feed(_lexeme(m))
+    return types.depth
 
 
 def first_token(text: str) -> tuple[Lexeme | None, bool]:
