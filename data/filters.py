@@ -20,7 +20,9 @@ GENERATED_HEADER = re.compile(
 )
 COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 # Bytes counted as alphanumeric: ASCII letters and digits, and every byte of a non-ASCII (UTF-8) character.
-_ALNUM_BYTES = bytes(sorted(set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | set(range(128, 256))))
+_ALNUM_BYTES = bytes(
+    sorted(set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | set(range(128, 256)))
+)
 CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f]")
 
 
@@ -48,11 +50,37 @@ class Cleaned:
 
 
 def decode(data: bytes) -> tuple[str, bool]:
-    """UTF-8 (BOM stripped); invalid UTF-8 falls back to Latin-1, which the caller records."""
+    """UTF-16 (BOM, or the NUL pattern of ASCII text), else UTF-8 (BOM stripped); invalid UTF-8 falls
+    back to Latin-1, which the caller records. UnicodeDecodeError for broken UTF-16."""
+    utf16 = utf16_encoding(data)
+    if utf16:
+        return data[2 if utf16.endswith("bom") else 0 :].decode(utf16[:9]), False
     try:
         return data.decode("utf-8-sig"), False
     except UnicodeDecodeError:
         return data.decode("latin-1"), True
+
+
+def utf16_encoding(data: bytes, sample: int = 4096) -> str | None:
+    """ "utf-16-le" / "utf-16-be" (+ "-bom" when the data starts with a BOM), or None.
+
+    Without a BOM, Java source in UTF-16 is mostly ASCII: one byte of (nearly) every pair is
+    NUL and the other (nearly) never is. Binary data has NULs at both parities.
+    """
+    if data[:2] == b"\xff\xfe":
+        return "utf-16-le-bom"
+    if data[:2] == b"\xfe\xff":
+        return "utf-16-be-bom"
+    head = data[:sample]
+    pairs = len(head) // 2
+    if pairs < 8:
+        return None
+    even_nul, odd_nul = head[0 : 2 * pairs : 2].count(0), head[1 : 2 * pairs : 2].count(0)
+    if odd_nul >= 0.6 * pairs and even_nul <= 0.01 * pairs:
+        return "utf-16-le"
+    if even_nul >= 0.6 * pairs and odd_nul <= 0.01 * pairs:
+        return "utf-16-be"
+    return None
 
 
 def drop_reason(text: str, cfg: FilterConfig) -> str | None:
@@ -83,9 +111,12 @@ def clean(data: bytes, cfg: FilterConfig) -> Cleaned:
     """Decode and filter one file."""
     if len(data) > cfg.max_file_bytes:
         return Cleaned(None, "too_large")
-    if b"\x00" in data[:8192]:
+    try:
+        text, latin1 = decode(data)
+    except UnicodeDecodeError:  # broken UTF-16: odd length, unpaired surrogates
         return Cleaned(None, "binary")
-    text, latin1 = decode(data)
+    if "\x00" in text:  # anywhere, not only in the first 8 KB
+        return Cleaned(None, "binary")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     reason = drop_reason(text, cfg)
     return Cleaned(None if reason else text, reason, latin1)

@@ -20,6 +20,7 @@ from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data import corpus
 from kaffee.data.corpus import build, load_corpus, load_stats
 from kaffee.data.dedup import MinHashConfig, max_threshold
+from kaffee.data.filters import FilterConfig, clean
 from kaffee.data.sources import Limits, resolve_path
 from kaffee.errors import KaffeeError
 from test_corpus_helpers import config, make_java, write_project
@@ -266,3 +267,43 @@ def test_archive_member_names_are_made_safe(tmp_path: Path, kind: str) -> None:
     assert kept == sorted(p for p in UNSAFE_NAMES.values() if p)
     assert [f.reason for f in files if f.data is None] == ["unsafe_path"] * 3
     assert all(".." not in f.path.split("/") and not f.path.startswith("/") for f in files)
+
+
+# ------------------------------------------------------------------ decoding: UTF-16, NULs anywhere
+
+GOOD = make_java(700).replace("keeps track", "g\u00e8re l'\u00e9tat \u65e5\u672c")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        GOOD.encode("utf-16-le"),
+        GOOD.encode("utf-16-be"),
+        b"\xff\xfe" + GOOD.encode("utf-16-le"),
+        b"\xfe\xff" + GOOD.encode("utf-16-be"),
+        b"\xef\xbb\xbf" + GOOD.encode(),
+        GOOD.replace("\n", "\r\n").encode("utf-16"),  # BOM in native order, CRLF
+    ],
+    ids=["le", "be", "le-bom", "be-bom", "utf8-bom", "crlf"],
+)
+def test_utf16_and_boms_are_decoded(data: bytes) -> None:
+    out = clean(data, FilterConfig())
+    assert out.reason is None and out.text == GOOD and not out.latin1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        GOOD.encode()
+        + b"// an ordinary comment line, repeated\n" * 300
+        + b"// \x00 late NUL\n",  # after 8 KB
+        GOOD.encode("utf-16-le") + b"\x00\x00",  # a NUL character in UTF-16 text
+        GOOD.encode("utf-16-le")[:-1],  # odd length
+        b"\xff\xfe"
+        + 'class A { String s = "\ud800"; }'.encode("utf-16-le", "surrogatepass") * 20,  # lone surrogate
+        b"\xca\xfe\xba\xbe\0\0\0" * 100,
+    ],
+    ids=["late-nul", "utf16-nul", "odd-length", "lone-surrogate", "class-file"],
+)
+def test_nul_anywhere_and_broken_utf16_are_binary(data: bytes) -> None:
+    assert clean(data, FilterConfig()).reason == "binary"
