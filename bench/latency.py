@@ -1,11 +1,13 @@
 """Typing replay over LSP: inline-completion latency and keystrokes saved, engine vs naive baseline.
 
 Starts the real ``kaffee serve`` as a subprocess, opens a real Java file with a region
-cut out, types that region back character by character as an editor would (one
-``didChange`` per keystroke) and asks for inline completion after every Java token.
-A suggestion that matches the text that follows is accepted (one keystroke, like Tab).
-Run once with the engine and once with the naive baseline (``generate`` on the full
-re-encoded context per request, same model) and print both as a Markdown table.
+cut out, and types that region back as an editor would (one ``didChange`` per
+keystroke), following the user model of ``evaluation/typing_replay.py`` -- the same one
+the ``typing`` evaluation task uses: inline completion asked at every token start and
+after every accepted suggestion, accepted with one key when it is exactly what comes
+next on the line. Run once with the engine and once with the naive baseline
+(``generate`` on the full re-encoded context per request, same model) and print both
+as a Markdown table, with the server's peak RSS.
 
     python bench/latency.py path/To.java --model models/default
     python bench/latency.py --corpus runs/corpus --model models/default --chars 3000
@@ -19,17 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import queue
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaffee.errors import KaffeeError
-from kaffee.server.java_tokens import lex
+from kaffee.evaluation.lexer import lex
+from kaffee.evaluation.lsp_client import LspClient, LspDied, LspError, LspTimeout
+from kaffee.evaluation.typing_replay import TypingCounts, lines_of
+from kaffee.evaluation.typing_replay import replay as replay_lines
 
 
 @dataclass
@@ -52,83 +54,20 @@ class ReplayConfig:
 class ReplayResult:
     mode: str  # engine | naive
     latencies_ms: list[float]  # per inline request, client round trip
-    typed: int  # characters of the region
-    keystrokes: int  # keystrokes spent (typed characters + one per accepted suggestion)
-    accepted: int  # suggestions accepted
-    accepted_chars: int  # characters those suggestions inserted
+    counts: TypingCounts  # keystrokes, saved, accepted (typing_replay's user model)
     elapsed_s: float  # wall time of the whole replay
     first_ms: float = 0.0  # the first request after didOpen (model loaded, nothing encoded yet)
     peak_rss_mb: float = 0.0  # the server process's peak resident memory (VmHWM)
 
     @property
     def saved_pct(self) -> float:
-        return 100.0 * (self.typed - self.keystrokes) / max(1, self.typed)
+        return 100.0 * self.counts.saved / max(1, self.counts.keystrokes)
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies_ms)
         if not xs:
             return float("nan")
         return xs[min(len(xs) - 1, int(round(q / 100.0 * (len(xs) - 1))))]
-
-
-class LspProcess:
-    """A blocking JSON-RPC client over a server subprocess' stdio."""
-
-    def __init__(self, cmd: list[str], log: Path | None):
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "ab") if log else subprocess.DEVNULL,  # noqa: SIM115 - lives as long as the process
-        )
-        self.inbox: queue.Queue = queue.Queue()
-        self._next_id = 0
-        threading.Thread(target=self._reader, daemon=True).start()
-
-    def _reader(self) -> None:
-        out = self.proc.stdout
-        while True:
-            length = None
-            while True:
-                line = out.readline()
-                if not line:
-                    self.inbox.put(None)
-                    return
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-                elif line.strip() == b"" and length is not None:
-                    break
-            self.inbox.put(json.loads(out.read(length)))
-
-    def _send(self, payload: dict) -> None:
-        body = json.dumps({"jsonrpc": "2.0", **payload}).encode()
-        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        self.proc.stdin.flush()
-
-    def notify(self, method: str, params: dict) -> None:
-        self._send({"method": method, "params": params})
-
-    def request(self, method: str, params: dict | None, timeout: float = 600) -> dict:
-        self._next_id += 1
-        msg_id = self._next_id
-        self._send({"id": msg_id, "method": method, "params": params})
-        end = time.monotonic() + timeout
-        while True:
-            msg = self.inbox.get(timeout=max(0.001, end - time.monotonic()))
-            if msg is None:
-                raise KaffeeError(f"the server exited (code {self.proc.poll()}) during {method}")
-            if msg.get("id") == msg_id and "method" not in msg:
-                if "error" in msg:
-                    raise KaffeeError(f"{method} failed: {msg['error']}")
-                return msg.get("result")
-
-    def close(self) -> None:
-        try:
-            self.request("shutdown", None, timeout=30)
-            self.notify("exit", {})
-            self.proc.wait(30)
-        except Exception:
-            self.proc.kill()
 
 
 def utf16_len(s: str) -> int:
@@ -143,36 +82,29 @@ def position(text: str, offset: int) -> dict:
 
 def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
     options = list(cfg.engine_options) + (["naive=true"] if mode == "naive" else [])
-    cmd = [
-        sys.executable,
-        "-m",
-        "kaffee",
-        "serve",
-        "--model",
-        str(cfg.model),
-        "--device",
-        cfg.device,
-        "--log-level",
-        "info",
-    ]
+    cmd = [sys.executable, "-m", "kaffee", "serve", "--model", str(cfg.model), "--device", cfg.device]
+    cmd += ["--log-level", "info"]
     for opt in options:
         cmd += ["--engine-option", opt]
-    server = LspProcess(cmd, cfg.server_log)
+    server = LspClient(cmd, log_file=cfg.server_log)
+    server.start()
     folder = cfg.workspace.resolve() if cfg.workspace is not None else Path("/tmp/kaffee-bench")
     uri = (folder / "KaffeeReplay.java").as_uri()  # never written: the editor's unsaved buffer
-    region = cfg.text[cfg.start : cfg.end]
-    doc = cfg.text[: cfg.start] + cfg.text[cfg.end :]
-    # request after the last character of every Java token of the region
-    ends = {t.end for t in lex(region)}
+    text = cfg.text
+    doc = text[: cfg.start] + text[cfg.end :]
+    region = text[cfg.start : cfg.end]
+    lines = lines_of(text, cfg.start, cfg.end, [cfg.start + t.start for t in lex(region)])
+    timeout = cfg.deadline_ms / 1000 + 60
     try:
         server.request(
             "initialize",
             {
                 "processId": None,
-                "rootUri": cfg.workspace.resolve().as_uri() if cfg.workspace is not None else None,
+                "rootUri": folder.as_uri() if cfg.workspace is not None else None,
                 "capabilities": {},
                 "initializationOptions": {"deadlineMs": cfg.deadline_ms, "device": cfg.device},
             },
+            timeout=600,
         )
         server.notify("initialized", {})
         server.notify(
@@ -184,7 +116,7 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
             "position": position(doc, cfg.start),
             "context": {"triggerKind": 2},
         }
-        server.request("textDocument/inlineCompletion", params)  # warm-up: model load
+        server.request("textDocument/inlineCompletion", params, timeout=600)  # warm-up: model load
         if cfg.index_wait_s:
             time.sleep(cfg.index_wait_s)  # the workspace scan and index build run in the background
         # the first suggestion in a freshly opened file: a second document, nothing of it encoded yet
@@ -195,73 +127,50 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
             {"textDocument": {"uri": fresh_uri, "languageId": "java", "version": 1, "text": fresh}},
         )
         t0 = time.perf_counter()
+        fresh_pos = position(fresh, cfg.start + len(fresh) - len(doc))
         server.request(
             "textDocument/inlineCompletion",
-            {
-                "textDocument": {"uri": fresh_uri},
-                "position": position(fresh, cfg.start + len(fresh) - len(doc)),
-                "context": {"triggerKind": 2},
-            },
+            {"textDocument": {"uri": fresh_uri}, "position": fresh_pos, "context": {"triggerKind": 2}},
+            timeout=timeout,
         )
         first_ms = (time.perf_counter() - t0) * 1000.0
-        version, cursor, i = 1, cfg.start, 0
+        version = 1
         latencies: list[float] = []
-        keystrokes = accepted = accepted_chars = 0
-        t_start = time.monotonic()
 
-        def type_text(text: str) -> None:
-            """Insert ``text`` at the cursor, in the server's copy and ours."""
-            nonlocal doc, cursor, version
+        def type_text(cursor: int, piece: str) -> None:
+            """One keystroke (or an accepted suggestion, or the free indentation) at ``cursor``."""
+            nonlocal doc, version
             pos = position(doc, cursor)
             version += 1
+            change = {"range": {"start": pos, "end": pos}, "text": piece}
             server.notify(
                 "textDocument/didChange",
-                {
-                    "textDocument": {"uri": uri, "version": version},
-                    "contentChanges": [{"range": {"start": pos, "end": pos}, "text": text}],
-                },
+                {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
             )
-            doc = doc[:cursor] + text + doc[cursor:]
-            cursor += len(text)
+            doc = doc[:cursor] + piece + doc[cursor:]
 
-        while i < len(region):
-            if cfg.max_requests is not None and len(latencies) >= cfg.max_requests:
-                break
-            type_text(region[i])
-            i += 1
-            keystrokes += 1
-            if i not in ends:
-                continue
+        def suggest(cursor: int) -> str:
             params = {
                 "textDocument": {"uri": uri},
                 "position": position(doc, cursor),
                 "context": {"triggerKind": 2},
             }
             t0 = time.perf_counter()
-            result = server.request("textDocument/inlineCompletion", params)
+            result = server.request("textDocument/inlineCompletion", params, timeout=timeout)
             latencies.append((time.perf_counter() - t0) * 1000.0)
             items = (result or {}).get("items") or []
-            suggestion = items[0]["insertText"] if items else ""
-            if suggestion and region.startswith(suggestion, i):
-                type_text(suggestion)
-                i += len(suggestion)
-                keystrokes += 1
-                accepted += 1
-                accepted_chars += len(suggestion)
-        typed = i
+            return items[0]["insertText"] if items else ""
+
+        t_start = time.monotonic()
+        counts = replay_lines(text, lines, suggest, type_text, cfg.max_requests)
+        assert server.proc is not None
         return ReplayResult(
-            mode,
-            latencies,
-            typed,
-            keystrokes,
-            accepted,
-            accepted_chars,
-            time.monotonic() - t_start,
-            first_ms,
-            peak_rss_mb(server.proc.pid),
+            mode, latencies, counts, time.monotonic() - t_start, first_ms, peak_rss_mb(server.proc.pid)
         )
+    except (LspError, LspTimeout, LspDied) as exc:
+        raise KaffeeError(f"{mode}: {exc}") from exc
     finally:
-        server.close()
+        server.close(timeout=30)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -319,7 +228,8 @@ def report(cfg: ReplayConfig, results: list[ReplayResult]) -> str:
         lines.append(
             f"| {r.mode} | {len(r.latencies_ms)} | {r.pct(50):.1f} | {r.pct(95):.1f} | {mean:.1f} | {mx:.1f} "
             f"| {r.first_ms:.0f} | {r.peak_rss_mb:.0f} "
-            f"| {r.saved_pct:.1f}% of {r.typed} chars | {r.accepted} ({r.accepted_chars} chars) |"
+            f"| {r.saved_pct:.1f}% of {r.counts.keystrokes} keys "
+            f"| {r.counts.accepted} ({r.counts.accepted_chars} chars) |"
         )
     by = {r.mode: r for r in results}
     if "engine" in by and "naive" in by and by["engine"].latencies_ms:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,22 @@ class LspDied(Exception):
 
 
 class LspClient:
-    def __init__(self, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None):
+    """The project's one JSON-RPC client: the harness's lsp: systems and bench/latency.py.
+
+    ``log_file``: append the server's stderr there too (the last lines are kept anyway).
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+    ):
         self.argv = argv
         self.cwd = cwd
         self.env = env
+        self.log_file = log_file
         self.proc: subprocess.Popen | None = None
         self._next_id = 0
         self._lock = threading.Lock()  # guards writes and the pending table
@@ -147,10 +160,17 @@ class LspClient:
     # -- reader threads --------------------------------------------------------------------------
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        for raw in iter(self.proc.stderr.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            self._stderr.append(line)
-            log.debug("lsp stderr: %s", line)
+        sink = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - closed below
+        try:
+            for raw in iter(self.proc.stderr.readline, b""):
+                if sink is not None:
+                    sink.write(raw)
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                self._stderr.append(line)
+                log.debug("lsp stderr: %s", line)
+        finally:
+            if sink is not None:
+                sink.close()
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

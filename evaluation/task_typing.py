@@ -2,22 +2,20 @@
 
 A segment is a run of consecutive code lines of one file (``typing_lines``, default 5)
 that the user writes anew: the file before it is there, the file after it is there,
-the segment's later lines are not. At every token boundary (and after every accepted
-suggestion) the system is asked for the rest of the line. When the suggestion is
-exactly what the user was about to type (a prefix of the rest of the line), the user
-accepts it with one key (Tab) and saves ``len(suggestion) - 1`` keystrokes; otherwise
-they type on to the next token. Indentation is free (editors auto-indent), Enter is a
-keystroke. Reports keystrokes saved (% of keystrokes), how often a suggestion was
-accepted, and request latency p50 / p95 as the caller sees it.
+the segment's later lines are not. The user is ``typing_replay.replay`` (asked at
+every token start and after every accepted suggestion; a suggestion that is exactly
+what comes next on the line, saving at least one key, is accepted with Tab; indentation
+free, Enter a keystroke), the same model the latency benchmark replays over LSP.
+Reports keystrokes saved (% of keystrokes), how often a suggestion was accepted, and
+request latency p50 / p95 as the caller sees it.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from typing import Any
 
-from kaffee.evaluation.metrics import accepted_length, percentile_estimate, ratio_estimate
+from kaffee.evaluation.metrics import percentile_estimate, ratio_estimate
 from kaffee.evaluation.systems import Context, RequestFailed, System
 from kaffee.evaluation.task_base import (
     HeldOut,
@@ -28,8 +26,7 @@ from kaffee.evaluation.task_base import (
     sample_units,
     task_rng,
 )
-
-MIN_GAIN = 2  # a suggestion is worth accepting (one Tab) only when it saves at least one key
+from kaffee.evaluation.typing_replay import ReplayLine, replay
 
 
 class TypingTask(Task):
@@ -66,40 +63,36 @@ class TypingTask(Task):
         spans = pos.data["spans"]
         end_of_segment = text.find("\n", spans[-1][1])
         suffix = text[end_of_segment:] if end_of_segment >= 0 else ""
-        keystrokes = saved = accepted = requests = errors = 0
+        errors = 0
         last_error: RequestFailed | None = None
         latencies: list[float] = []
-        for (line_start, line_end), starts in zip(spans, pos.data["starts"], strict=True):
-            keystrokes += (line_end - line_start) + 1  # the line's characters after indentation, and Enter
-            cursor = line_start
-            while cursor < line_end:
-                ctx = Context(prefix=text[:cursor], suffix=suffix, project=f.project, path=f.path)
-                t0 = time.perf_counter()
-                requests += 1
-                try:
-                    suggestion = system.complete(ctx)
-                except RequestFailed as exc:  # one failed request: no suggestion this time
-                    errors += 1
-                    last_error = exc
-                    suggestion = ""
-                else:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                gain = accepted_length(suggestion, text[cursor:line_end])
-                if gain >= MIN_GAIN:
-                    saved += gain - 1
-                    accepted += 1
-                    cursor += gain
-                    continue
-                i = bisect.bisect_right(starts, cursor)  # type on to the next token boundary
-                cursor = starts[i] if i < len(starts) else line_end
-        if last_error is not None and errors == requests:
+
+        def suggest(cursor: int) -> str:
+            nonlocal errors, last_error
+            ctx = Context(prefix=text[:cursor], suffix=suffix, project=f.project, path=f.path)
+            t0 = time.perf_counter()
+            try:
+                suggestion = system.complete(ctx)
+            except RequestFailed as exc:  # one failed request: no suggestion this time
+                errors += 1
+                last_error = exc
+                return ""
+            latencies.append((time.perf_counter() - t0) * 1000)
+            return suggestion
+
+        lines = [
+            ReplayLine(text.rfind("\n", 0, a) + 1, a, b, tuple(starts))
+            for (a, b), starts in zip(spans, pos.data["starts"], strict=True)
+        ]
+        counts = replay(text, lines, suggest)
+        if last_error is not None and errors == counts.requests:
             raise last_error
         return {
-            "keystrokes": keystrokes,
+            "keystrokes": counts.keystrokes,
             "request_errors": errors,
-            "saved": saved,
-            "accepted": accepted,
-            "requests": requests,
+            "saved": counts.saved,
+            "accepted": counts.accepted,
+            "requests": counts.requests,
             "latency_ms": latencies,
         }
 
