@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kaffee.errors import KaffeeError
-from kaffee.evaluation.systems import SPEC_HELP
+from kaffee.evaluation.system_registry import SPEC_HELP
 from kaffee.evaluation.tasks import DEFAULT_TASKS, available
 
 log = logging.getLogger(__name__)

@@ -23,16 +23,8 @@ from typing import Any
 
 from kaffee.errors import KaffeeError
 from kaffee.evaluation.metrics import mean_estimate
-from kaffee.evaluation.systems import (
-    MODEL_KINDS,
-    RequestFailed,
-    System,
-    SystemSettings,
-    SystemSpec,
-    SystemUnavailable,
-    build_system,
-    parse_system_spec,
-)
+from kaffee.evaluation.system_base import RequestFailed, System, SystemSettings, SystemSpec, SystemUnavailable
+from kaffee.evaluation.system_registry import MODEL_KINDS, build_system, parse_system_spec
 from kaffee.evaluation.task_base import HeldOut, Position, SourceFile, Task
 from kaffee.evaluation.tasks import DEFAULT_TASKS, get_task
 
@@ -47,7 +39,7 @@ class EvalConfig:
     """Everything that decides what a run measures (all of it goes into results.json)."""
 
     out: str  # output directory (results.json, results.md, report.html, predictions.jsonl)
-    systems: list[str] = field(default_factory=list)  # system specs (see systems.SPEC_HELP)
+    systems: list[str] = field(default_factory=list)  # system specs (see system_registry.SPEC_HELP)
     corpus: str | None = None  # corpus directory (datasets save_to_disk + stats.json)
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # task names (see tasks.TASKS)
     limit: int | None = None  # positions per task (None = all); same sample for every system

@@ -12,20 +12,43 @@ import atexit
 import logging
 import os
 import re
+import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from kaffee.errors import KaffeeError
 from kaffee.evaluation.lexer import lex
 from kaffee.evaluation.lsp_client import LspClient, LspDied, LspError, LspTimeout
-from kaffee.evaluation.systems import Context, RequestFailed, System, SystemSpec, SystemUnavailable, file_uri
+from kaffee.evaluation.system_base import (
+    Context,
+    RequestFailed,
+    System,
+    SystemSpec,
+    SystemUnavailable,
+    file_uri,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 2  # a server that crashes is restarted this many times, then given up
 GIVE_UP_AFTER = 5  # consecutive time-outs before the remaining requests fail at once
 _SNIPPET = re.compile(r"\$\{\d+:([^}]*)\}|\$\{\d+\}|\$\d+")
+
+
+def lsp_argv(command: str) -> list[str]:
+    """Split an lsp: command; a leading ``kaffee`` runs this interpreter's ``-m kaffee``."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise KaffeeError(f"lsp command {command!r} does not parse: {exc}") from exc
+    if not argv:
+        raise KaffeeError("lsp: needs a command")
+    if argv[0] == "kaffee":
+        argv = [sys.executable, "-m", "kaffee", *argv[1:]]
+    return argv
 
 
 def lsp_position(prefix: str) -> dict[str, int]:

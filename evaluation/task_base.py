@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from kaffee.evaluation.lexer import CodeLine, JavaToken, code_lines, lex
 from kaffee.evaluation.metrics import Estimate
-from kaffee.evaluation.systems import Context, System
+from kaffee.evaluation.system_base import Context, System
 
 
 @dataclass(frozen=True)

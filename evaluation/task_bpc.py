@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from kaffee.evaluation.metrics import ratio_estimate
-from kaffee.evaluation.systems import System
+from kaffee.evaluation.system_base import System
 from kaffee.evaluation.task_base import (
     HeldOut,
     MetricRow,

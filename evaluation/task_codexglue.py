@@ -24,7 +24,7 @@ from typing import Any
 from kaffee.errors import KaffeeError
 from kaffee.evaluation.lexer import LITERAL, lex
 from kaffee.evaluation.metrics import codexglue_line_scores, codexglue_post_process, mean_estimate
-from kaffee.evaluation.systems import Context, System
+from kaffee.evaluation.system_base import Context, System
 from kaffee.evaluation.task_base import (
     HeldOut,
     MetricRow,

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from kaffee.evaluation.metrics import edit_similarity, exact_match, mean_estimate
-from kaffee.evaluation.systems import System
+from kaffee.evaluation.system_base import System
 from kaffee.evaluation.task_base import (
     HeldOut,
     MetricRow,

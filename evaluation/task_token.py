@@ -12,7 +12,7 @@ from typing import Any
 
 from kaffee.evaluation.lexer import KINDS
 from kaffee.evaluation.metrics import mean_estimate, reciprocal_rank, top_k_hit
-from kaffee.evaluation.systems import System
+from kaffee.evaluation.system_base import System
 from kaffee.evaluation.task_base import (
     HeldOut,
     MetricRow,

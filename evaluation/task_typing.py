@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from kaffee.evaluation.metrics import percentile_estimate, ratio_estimate
-from kaffee.evaluation.systems import Context, RequestFailed, System
+from kaffee.evaluation.system_base import Context, RequestFailed, System
 from kaffee.evaluation.task_base import (
     HeldOut,
     MetricRow,

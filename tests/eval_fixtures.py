@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 from java_samples import SAMPLES, training_texts
 from kaffee.evaluation.lexer import lex
-from kaffee.evaluation.systems import Context, System
+from kaffee.evaluation.system_base import Context, System
 
 # A held-out file with the awkward parts: comments, a text block, non-ASCII, annotations, lambdas.
 GREETER = """package com.example.greet;

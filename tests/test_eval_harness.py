@@ -13,7 +13,9 @@ from kaffee.errors import KaffeeError
 from kaffee.evaluation import cli as eval_cli
 from kaffee.evaluation.harness import CACHE_FILE, EvalConfig, run_evaluation
 from kaffee.evaluation.report import compare, load_results
-from kaffee.evaluation.systems import Context, MostFrequentTokenSystem, RequestFailed, parse_system_spec
+from kaffee.evaluation.system_base import Context, RequestFailed
+from kaffee.evaluation.system_registry import parse_system_spec
+from kaffee.evaluation.systems import MostFrequentTokenSystem
 
 CXG_FIXTURE = Path(__file__).parent / "fixtures" / "codexglue_line_sample.jsonl"
 ROW_FIELDS = {"system", "task", "metric", "slice", "value", "ci95", "n", "corpus", "split", "seed"}

@@ -16,7 +16,8 @@ import pytest
 from eval_fixtures import TEST_FILES, OracleSystem, RandomSystem, make_corpus
 from kaffee.evaluation.harness import EvalConfig, run_evaluation
 from kaffee.evaluation.lsp_system import LspSystem, lsp_position
-from kaffee.evaluation.systems import Context, SystemUnavailable, parse_system_spec
+from kaffee.evaluation.system_base import Context, SystemUnavailable
+from kaffee.evaluation.system_registry import parse_system_spec
 
 FAKE_SERVER = textwrap.dedent(
     r"""
@@ -126,7 +127,8 @@ def corpus(tmp_path_factory):
 
 
 def _lsp(spec: str, timeout: float = 10.0, start_timeout: float = 20.0) -> LspSystem:
-    from kaffee.evaluation.systems import SystemSettings, build_system
+    from kaffee.evaluation.system_base import SystemSettings
+    from kaffee.evaluation.system_registry import build_system
 
     settings = SystemSettings(lsp_timeout=timeout, lsp_start_timeout=start_timeout)
     return build_system(parse_system_spec(spec), settings)
@@ -174,7 +176,7 @@ def test_lsp_server_that_never_answers_times_out_and_the_run_goes_on(fake, corpu
 
 def test_lsp_server_that_crashes_is_an_error_per_request(fake):
     system = _lsp(fake("crash"))
-    from kaffee.evaluation.systems import RequestFailed
+    from kaffee.evaluation.system_base import RequestFailed
 
     ctx = Context(prefix="class A {", suffix="", project="bank", path="src/Account.java")
     for _ in range(4):  # restarted twice, then given up; every request fails cleanly
@@ -209,7 +211,9 @@ def test_kaffee_serve_gives_the_in_process_numbers(tiny_ngram_dir, corpus, tmp_p
         corpus=str(corpus), tasks=["token", "line", "typing"], limit=10, typing_lines=2, progress=False
     )
     in_process = run_evaluation(
-        EvalConfig(out=str(tmp_path / "a"), systems=[f"ngram:{tiny_ngram_dir},cache=off,project=off,label=m"], **base)
+        EvalConfig(
+            out=str(tmp_path / "a"), systems=[f"ngram:{tiny_ngram_dir},cache=off,project=off,label=m"], **base
+        )
     )
     over_lsp = run_evaluation(
         EvalConfig(

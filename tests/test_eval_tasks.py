@@ -11,7 +11,8 @@ from eval_fixtures import GREETER, TEST_FILES, OracleSystem, RandomSystem, make_
 from kaffee.errors import KaffeeError
 from kaffee.evaluation.harness import load_held_out
 from kaffee.evaluation.lexer import IDENTIFIER, KEYWORD, LITERAL, MEMBER, OPERATOR, code_lines, lex
-from kaffee.evaluation.systems import Context, model_bits
+from kaffee.evaluation.system_base import Context
+from kaffee.evaluation.systems import model_bits
 from kaffee.evaluation.task_codexglue import detokenize, prediction_tokens, read_codexglue_file
 from kaffee.evaluation.tasks import TASKS, get_task
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from java_samples import SAMPLES
 from kaffee.evaluation.lexer import IDENTIFIER, KEYWORD, MEMBER, OPERATOR
 from kaffee.evaluation.lexer import lex as eval_lex
 from kaffee.server.decode import _classify
 from kaffee.server.java_tokens import lex, open_type_arguments
-
-from java_samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +149,9 @@ def test_engine_cuts_nested_generic_closers_as_the_evaluation_does() -> None:
 
 
 def test_token_kinds() -> None:
-    toks = {t.text: t.kind for t in eval_lex("class A { void f(String s) { s.length(); int var = 1 >> 2; } }")}
+    toks = {
+        t.text: t.kind for t in eval_lex("class A { void f(String s) { s.length(); int var = 1 >> 2; } }")
+    }
     assert toks["class"] == KEYWORD and toks["A"] == IDENTIFIER and toks["length"] == MEMBER
     assert toks["var"] == IDENTIFIER and toks[">>"] == OPERATOR
     header = [t.header for t in eval_lex("package a.b;\nimport java.util.List;\nclass C {}")]

@@ -60,5 +60,7 @@ def test_prompt_window_of_dense_text_fits_its_budget_without_error():
         ("// 日本語のコメント\n" * 200) + "int x = ",
     ):
         for budget in (40, 100, 300):
-            prompt = build_prompt(tok, prefix, "", budget_tokens=budget, suffix_tokens=0, fim=False, heal=True)
+            prompt = build_prompt(
+                tok, prefix, "", budget_tokens=budget, suffix_tokens=0, fim=False, heal=True
+            )
             assert len(prompt.ids) <= budget
