@@ -43,6 +43,9 @@ def make_linear(weight: torch.Tensor, mode: str) -> Callable[[torch.Tensor], tor
         try:
             scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-8).double()
             zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+            # torch.ao.quantization's eager ops are deprecated in favour of torchao (its int8
+            # dynamic-activation / int8-weight config); they still ship in torch 2.x, and the
+            # ImportError-free fallback below keeps serving if a release drops them.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "quantized tensor creation ... deprecated"
                 qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
@@ -101,7 +104,9 @@ class FastGPT(LanguageModel):
         self._device = dev
 
         def w(name: str) -> torch.Tensor:
-            return tensors[name].detach().to(dev, torch.float32)
+            # popped: each stored tensor is freed once its packed form exists, which keeps the
+            # load's peak RSS near the steady state instead of holding every weight twice
+            return tensors.pop(name).detach().to(dev, torch.float32)
 
         with torch.no_grad():
             self.layers = []
