@@ -21,7 +21,7 @@ from kaffee.server.cache import logaddexp
 from kaffee.server.context import Prompt
 from kaffee.server.fastgpt import FastGPT
 from kaffee.server.java_tokens import extension_chars, first_token, is_word_char
-from kaffee.training.lm import DecodeState, LanguageModel
+from kaffee.training.lm import DecodeState, LanguageModel, resync_point
 
 Mixer = Callable[[torch.Tensor, list[int]], torch.Tensor]  # (log-probs (V,), context ids) -> log-probs (V,)
 NEG_INF = float("-inf")
@@ -90,13 +90,10 @@ class Runner:
 
     def sync(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
         """Make ``state`` hold ``ids``, re-encoding only what differs from its cached prefix."""
-        common, limit = 0, min(len(state.ids), len(ids))
-        while common < limit and state.ids[common] == ids[common]:
-            common += 1
-        if common == len(ids) == len(state.ids) and state.last_logprobs is not None:
+        common = resync_point(state, ids)
+        if common is None:
+            assert state.last_logprobs is not None
             return state.last_logprobs
-        if common == len(ids):
-            common -= 1
         if common < len(state.ids):
             self.model.crop(state, common)
         return self.step(state, ids[common:])

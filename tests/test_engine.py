@@ -300,3 +300,21 @@ def test_options_are_validated() -> None:
         EngineOptions(max_lines=0)
     with pytest.raises(KaffeeError):
         EngineOptions(quantize="int4")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_runner_sync_reencodes_only_the_edit_and_matches_a_full_recompute(tiny_model_dir: Path, fast: bool):
+    """The engine's counting Runner.sync (what production runs) keeps the common prefix."""
+    from kaffee.server.decode import Runner
+
+    model = FastGPT.load(tiny_model_dir) if fast else load_model(tiny_model_dir)
+    ids = model.tokenizer.encode("public class A { int x = 1; void f() { x += 2; } }" * 3)[:60]
+    runner = Runner(model)
+    state = model.new_state()
+    runner.sync(state, ids[:50])
+    assert runner.tokens_advanced == 50
+    edited = ids[:40] + ids[45:58]
+    lp = runner.sync(state, edited)
+    assert runner.tokens_advanced == 50 + (len(edited) - 40)  # cropped to the 40 common ids
+    assert runner.sync(state, edited) is lp and runner.tokens_advanced == 50 + len(edited) - 40  # cached
+    assert torch.allclose(lp, load_model(tiny_model_dir).next_logprobs([edited])[0], atol=1e-4)

@@ -70,16 +70,27 @@ class LanguageModel(ABC):
         Keeps the longest common prefix of ``state.ids`` and ``ids`` (KV-cache crop),
         then extends with the rest. Returns next-token log-probs (V,) after ``ids``.
         """
-        if not ids:
-            raise ValueError("sync needs at least one token of context")
-        common = 0
-        limit = min(len(state.ids), len(ids))
-        while common < limit and state.ids[common] == ids[common]:
-            common += 1
-        if common == len(ids) == len(state.ids) and state.last_logprobs is not None:
+        common = resync_point(state, ids)
+        if common is None:
+            assert state.last_logprobs is not None
             return state.last_logprobs
-        if common == len(ids):
-            common -= 1  # need the logits at the last position: recompute that one token
         if common < len(state.ids):
             self.crop(state, common)
         return self.advance(state, ids[common:])
+
+
+def resync_point(state: DecodeState, ids: list[int]) -> int | None:
+    """Where ``state`` must be cropped to and re-encoded from to hold ``ids`` (None: it already does).
+
+    The longest common prefix of ``state.ids`` and ``ids``, less one when that is all of
+    ``ids`` (the logits at the last position are needed). The one rule for both
+    ``LanguageModel.sync`` and the engine's counting ``Runner.sync``.
+    """
+    if not ids:
+        raise ValueError("sync needs at least one token of context")
+    common, limit = 0, min(len(state.ids), len(ids))
+    while common < limit and state.ids[common] == ids[common]:
+        common += 1
+    if common == len(ids) == len(state.ids) and state.last_logprobs is not None:
+        return None
+    return common - 1 if common == len(ids) else common
