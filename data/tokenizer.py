@@ -6,7 +6,7 @@ normalisation, so ``decode(encode(x)) == x`` for any text (CRLF, tabs, emoji...)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,14 +23,16 @@ SPECIAL_TOKENS = [EOS, PAD, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE]
 
 # Split like GPT-2 but keep runs of spaces/tabs whole (indentation is one piece) and
 # never merge across a newline, so a token never straddles two lines.
-_JAVA_SPLIT = (
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\r?\n|[ \t]+(?!\S)|[ \t]+"""
-)
+_JAVA_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\r?\n|[ \t]+(?!\S)|[ \t]+"""
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table used by ByteLevel."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -55,7 +57,9 @@ class KaffeeTokenizer:
         self.tk = tokenizer
         missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
-            raise KaffeeError(f"tokenizer lacks Kaffee's special tokens {missing}; train one with `kaffee tokenizer train`")
+            raise KaffeeError(
+                f"tokenizer lacks Kaffee's special tokens {missing}; train one with `kaffee tokenizer train`"
+            )
         self.eos_id = tokenizer.token_to_id(EOS)
         self.pad_id = tokenizer.token_to_id(PAD)
         self.fim_prefix_id = tokenizer.token_to_id(FIM_PREFIX)
@@ -110,6 +114,14 @@ class KaffeeTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+
+    def fim_ids(self, prefix: Sequence[int], suffix: Sequence[int], middle: Sequence[int] = ()) -> list[int]:
+        """The fill-in-the-middle layout (PSM): ``<pre> prefix <suf> suffix <mid> middle``.
+
+        The one definition shared by training (``training/data.py``, with the middle) and
+        serving (``server/context.py``, which leaves the middle for the model to write).
+        """
+        return [self.fim_prefix_id, *prefix, self.fim_suffix_id, *suffix, self.fim_middle_id, *middle]
 
     def decode(self, ids: list[int]) -> str:
         return self.tk.decode(ids, skip_special_tokens=False)

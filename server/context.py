@@ -146,13 +146,7 @@ def build_prompt(
             healed = b"".join(table[i] for i in ids[len(ids) - n :])
             ids = ids[: len(ids) - n]
     if use_fim:
-        ids = (
-            [tokenizer.fim_prefix_id]
-            + ids
-            + [tokenizer.fim_suffix_id]
-            + suffix_ids
-            + [tokenizer.fim_middle_id]
-        )
+        ids = tokenizer.fim_ids(ids, suffix_ids)
     elif head:
         ids = list(head) + ids
     elif start == 0 or not ids:

@@ -35,9 +35,7 @@ def fim_ids(text: str, tok: KaffeeTokenizer, rng: np.random.Generator) -> list[i
     """PSM fill-in-the-middle: <pre>prefix<suf>suffix<mid>middle, cut at two random characters."""
     a, b = sorted(rng.integers(0, len(text) + 1, size=2).tolist())
     prefix, middle, suffix = text[:a], text[a:b], text[b:]
-    return (
-        [tok.fim_prefix_id] + tok.encode(prefix) + [tok.fim_suffix_id] + tok.encode(suffix) + [tok.fim_middle_id] + tok.encode(middle)
-    )
+    return tok.fim_ids(tok.encode(prefix), tok.encode(suffix), tok.encode(middle))
 
 
 def fim_decode(ids: list[int], tok: KaffeeTokenizer) -> str:
@@ -70,7 +68,11 @@ def _tokenize_dataset(ds, tok_path: Path, cfg: DataConfig, fim_rate: float) -> n
 
     def encode(batch: dict, indices: list[int]) -> dict:
         tok = KaffeeTokenizer.from_file(tok_path)
-        return {"ids": [doc_ids(t, i, tok, fim_rate, cfg.seed) for t, i in zip(batch["text"], indices, strict=True)]}
+        return {
+            "ids": [
+                doc_ids(t, i, tok, fim_rate, cfg.seed) for t, i in zip(batch["text"], indices, strict=True)
+            ]
+        }
 
     mapped = ds.map(
         encode,
@@ -83,7 +85,9 @@ def _tokenize_dataset(ds, tok_path: Path, cfg: DataConfig, fim_rate: float) -> n
     return pc.list_flatten(mapped.data.column("ids")).to_numpy().astype(np.int32)
 
 
-def token_stream(source: Path, split: str, tok: KaffeeTokenizer, tok_path: Path, cfg: DataConfig, fim: bool) -> np.ndarray:
+def token_stream(
+    source: Path, split: str, tok: KaffeeTokenizer, tok_path: Path, cfg: DataConfig, fim: bool
+) -> np.ndarray:
     """All documents of ``split`` as one int32 array, each ended by end-of-file."""
     fim_rate = cfg.fim_rate if fim else 0.0
     if source.is_file():
@@ -115,11 +119,24 @@ def token_stream(source: Path, split: str, tok: KaffeeTokenizer, tok_path: Path,
 
 
 def cached_token_stream(
-    source: Path, split: str, tok: KaffeeTokenizer, tok_path: Path, cfg: DataConfig, fim: bool, cache_dir: Path
+    source: Path,
+    split: str,
+    tok: KaffeeTokenizer,
+    tok_path: Path,
+    cfg: DataConfig,
+    fim: bool,
+    cache_dir: Path,
 ) -> np.ndarray:
     """token_stream, cached as .npy keyed by everything that changes its content."""
     key = json.dumps(
-        [str(source.resolve()), split, hashlib.sha256(Path(tok_path).read_bytes()).hexdigest(), cfg.fim_rate if fim else 0, cfg.seed, cfg.max_docs]
+        [
+            str(source.resolve()),
+            split,
+            hashlib.sha256(Path(tok_path).read_bytes()).hexdigest(),
+            cfg.fim_rate if fim else 0,
+            cfg.seed,
+            cfg.max_docs,
+        ]
     )
     path = cache_dir / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
     if path.is_file():
@@ -142,7 +159,9 @@ class BlockSampler:
 
     def __init__(self, stream: np.ndarray, block_size: int, seed: int):
         if len(stream) < block_size + 1:
-            raise KaffeeError(f"only {len(stream)} tokens of training data; need at least {block_size + 1} (one block)")
+            raise KaffeeError(
+                f"only {len(stream)} tokens of training data; need at least {block_size + 1} (one block)"
+            )
         self.stream = stream
         self.block_size = block_size
         self.seed = seed
