@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import inspect
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-from kaffee.training.lm import DecodeState, LanguageModel
+from kaffee.training.lm import DecodeState, NeuralLM
 
 if typing.TYPE_CHECKING:  # imported where used: the modelling code costs ~130 MB of RSS
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -34,9 +34,15 @@ class GPTConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "nano": dict(n_layer=2, n_head=4, n_embd=64, intermediate_size=192, block_size=256),  # ~1M with 4k vocab; tests
-    "small": dict(n_layer=4, n_head=4, n_embd=256, intermediate_size=768, block_size=512),  # ~6.5M; CPU in an hour
-    "base": dict(n_layer=6, n_head=8, n_embd=512, intermediate_size=1536, block_size=1024),  # ~29M; GPU default
+    "nano": dict(
+        n_layer=2, n_head=4, n_embd=64, intermediate_size=192, block_size=256
+    ),  # ~1M with 4k vocab; tests
+    "small": dict(
+        n_layer=4, n_head=4, n_embd=256, intermediate_size=768, block_size=512
+    ),  # ~6.5M; CPU in an hour
+    "base": dict(
+        n_layer=6, n_head=8, n_embd=512, intermediate_size=1536, block_size=1024
+    ),  # ~29M; GPU default
 }
 
 
@@ -84,22 +90,12 @@ def _cache_kwarg(module: LlamaForCausalLM) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-class GPTModel(LanguageModel):
+class GPTModel(NeuralLM):
     family = "gpt"
 
     def __init__(self, cfg: GPTConfig, module: LlamaForCausalLM):
-        self.cfg = cfg
-        self.module = module.eval()
+        super().__init__(cfg, module, cfg.block_size)
         self._cache_kwarg = _cache_kwarg(module)
-        self.vocab_size = cfg.vocab_size
-        self.max_context = cfg.block_size
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
 
     @torch.inference_mode()
     def next_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
@@ -111,15 +107,13 @@ class GPTModel(LanguageModel):
             mask[i, width - len(c) :] = 1
         pos = (mask.cumsum(1) - 1).clamp(min=0)  # RoPE positions as if unpadded
         dev = self.device
-        logits = self.module(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev)).logits[:, -1]
+        logits = self.module(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev)
+        ).logits[:, -1]
         return torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, V)
 
-    @torch.inference_mode()
-    def sequence_logprobs(self, ids: list[int]) -> torch.Tensor:
-        x = torch.tensor([ids], device=self.device)
-        logits = self.module(input_ids=x).logits[0, :-1].float()  # (T-1, V)
-        lp = torch.log_softmax(logits, dim=-1)
-        return lp.gather(1, x[0, 1:, None])[:, 0].cpu()
+    def _all_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids=x).logits[0]
 
     def new_state(self) -> DecodeState:
         from transformers import DynamicCache
@@ -128,10 +122,7 @@ class GPTModel(LanguageModel):
 
     @torch.inference_mode()
     def advance(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
-        if not ids:
-            raise ValueError("advance needs at least one token")
-        if len(state.ids) + len(ids) > self.max_context:
-            raise ValueError(f"context of {len(state.ids) + len(ids)} tokens exceeds the window {self.max_context}")
+        self._check_advance(state, ids)
         if state.cache is None:
             state.cache = self.new_state().cache
         x = torch.tensor([ids], device=self.device)

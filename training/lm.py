@@ -8,7 +8,7 @@ log-probabilities are float32 torch tensors over the whole vocabulary.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -77,6 +77,45 @@ class LanguageModel(ABC):
         if common < len(state.ids):
             self.crop(state, common)
         return self.advance(state, ids[common:])
+
+
+class NeuralLM(LanguageModel):
+    """A :class:`LanguageModel` over a torch module and its config dataclass (gpt, lstm).
+
+    Holds what the neural families share; a family supplies ``_all_logits`` (logits at
+    every position of one sequence) and the incremental ``advance``/``crop``.
+    """
+
+    def __init__(self, cfg: Any, module: torch.nn.Module, max_context: int):
+        self.cfg = cfg  # the family's config dataclass (config.json's "config")
+        self.module = module.eval()
+        self.vocab_size = cfg.vocab_size
+        self.max_context = max_context
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    @abstractmethod
+    def _all_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (T, V) at every position of the one sequence in ``x`` (1, T)."""
+
+    @torch.inference_mode()
+    def sequence_logprobs(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], device=self.device)
+        lp = torch.log_softmax(self._all_logits(x)[:-1].float(), dim=-1)  # (T-1, V)
+        return lp.gather(1, x[0, 1:, None])[:, 0].cpu()
+
+    def _check_advance(self, state: DecodeState, ids: list[int]) -> None:
+        if not ids:
+            raise ValueError("advance needs at least one token")
+        if len(state.ids) + len(ids) > self.max_context:
+            raise ValueError(
+                f"context of {len(state.ids) + len(ids)} tokens exceeds the window {self.max_context}"
+            )
 
 
 def resync_point(state: DecodeState, ids: list[int]) -> int | None:

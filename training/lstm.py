@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-from kaffee.training.lm import DecodeState, LanguageModel
+from kaffee.training.lm import DecodeState, NeuralLM
 from torch import nn
 
 
@@ -36,7 +36,13 @@ class LSTMModule(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.rnn = nn.LSTM(cfg.n_embd, cfg.n_hidden, cfg.n_layer, batch_first=True, dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.rnn = nn.LSTM(
+            cfg.n_embd,
+            cfg.n_hidden,
+            cfg.n_layer,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0,
+        )
         self.proj = nn.Linear(cfg.n_hidden, cfg.n_embd, bias=False)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -50,32 +56,18 @@ class LSTMModule(nn.Module):
         return logits, hidden
 
 
-class LSTMModel(LanguageModel):
+class LSTMModel(NeuralLM):
     family = "lstm"
 
     def __init__(self, cfg: LSTMConfig, module: LSTMModule):
-        self.cfg = cfg
-        self.module = module.eval()
-        self.vocab_size = cfg.vocab_size
-        self.max_context = cfg.max_context
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
+        super().__init__(cfg, module, cfg.max_context)
 
     @torch.inference_mode()
     def next_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
         return torch.stack([self.advance(self.new_state(), c) for c in contexts])  # (B, V)
 
-    @torch.inference_mode()
-    def sequence_logprobs(self, ids: list[int]) -> torch.Tensor:
-        x = torch.tensor([ids], device=self.device)
-        logits, _ = self.module(x)
-        lp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-        return lp.gather(1, x[0, 1:, None])[:, 0].cpu()
+    def _all_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)[0][0]
 
     def new_state(self) -> DecodeState:
         # cache: list of (position, hidden) snapshots, always starting with (0, None)
