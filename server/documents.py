@@ -5,6 +5,10 @@ negotiated); Python strings index code points. Every conversion here clamps inst
 of failing: a line past the end means the end of the document, a column past the end
 of a line means the end of that line, and a column that falls inside a surrogate pair
 (the middle of a non-BMP character) means the start of that character.
+
+Text enters sanitised: JSON can carry an unpaired UTF-16 surrogate (``"\\ud800"``), which
+Python keeps as a lone code point that no tokenizer accepts; it becomes U+FFFD, which
+takes the same room in every encoding, so positions stay in step with the editor's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,22 @@ from kaffee.errors import KaffeeError
 
 ENCODINGS = ("utf-16", "utf-8", "utf-32")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+LSP_UINT_MAX = 2**31 - 1  # LSP's uinteger: positions outside 0..2**31-1 fail the protocol's types
+
+
+def sanitize_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (one unit in UTF-16, three bytes in UTF-8)."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def clamp_position(line: int, character: int) -> tuple[int, int]:
+    """A position in LSP's uinteger range that :meth:`Document.offset_at` resolves like (line, character)."""
+    if line < 0:
+        return 0, 0  # before the first line: the start of the document
+    return min(line, LSP_UINT_MAX), max(0, min(character, LSP_UINT_MAX))
 
 
 def char_units(ch: str, encoding: str = "utf-16") -> int:
@@ -108,6 +128,7 @@ class Document:
         encoding: str = "utf-16",
     ) -> None:
         """Replace the range ``start``..``end`` (LSP positions) with ``text``; no range: the whole text."""
+        text = sanitize_text(text)
         if start is None or end is None:
             self.text = text
             self._starts = None
@@ -143,7 +164,7 @@ class DocumentStore:
         self.docs: dict[str, Document] = {}
 
     def open(self, uri: str, text: str, version: int | None = None) -> Document:
-        doc = Document(uri, text, version)
+        doc = Document(uri, sanitize_text(text), version)
         self.docs[uri] = doc
         return doc
 

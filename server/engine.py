@@ -163,6 +163,7 @@ class CompletionEngine:
         self.project = ProjectIndex(self.options.project)
         self._pins: dict[str | None, _Pin] = {}
         self._fallback = fallback
+        self._ngram: LanguageModel | None = None  # built from the workspace when there is no fallback model
         self._fallback_built_at = -1
         self.stats = EngineStats()
         self._lock = threading.Lock()
@@ -173,7 +174,9 @@ class CompletionEngine:
             self.model = self._accelerate(model)
         else:
             self.stats.fallback_reason = "no neural model"
+        self._primary = self.model  # the neural model each request tries first (None: there is none)
         self.runner = self._runner(self.model) if self.model is not None else None
+        self._primary_runner = self.runner
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -341,34 +344,55 @@ class CompletionEngine:
         return True
 
     def _with_fallback(self, fn, empty):
-        """Run ``fn``; if the neural model raises, switch to the n-gram model for good and retry."""
-        if self.model is None:
+        """Run ``fn`` on the neural model; if it raises, answer this request from the n-gram model.
+
+        The next request tries the neural model again, so one bad input costs one answer,
+        not the session; ``degraded`` says how the last request was answered.
+        """
+        if self._primary is None:
             self._use_fallback()
+            return self._on_fallback(fn, empty)
+        was = self.stats.fallback_reason
+        if self.model is not self._primary:  # the last request fell back: try the model again
+            self.model, self.runner, self._states = self._primary, self._primary_runner, []
+            self.stats.fallback_reason = None
+        try:
+            result = fn()
+        except KaffeeError:
+            raise
+        except Exception as exc:
+            self.stats.fallback_reason = f"the model raised {type(exc).__name__}: {exc}"
+            if was is None:
+                log.exception("the neural model failed; answering from an n-gram model until it works again")
+            else:
+                log.warning("the neural model failed again (%s)", self.stats.fallback_reason)
+            self._use_fallback()
+            return self._on_fallback(fn, empty)
+        if was is not None:
+            log.warning("the neural model works again")
+        return result
+
+    def _on_fallback(self, fn, empty):
         try:
             return fn()
         except KaffeeError:
             raise
-        except Exception as exc:
-            if self.degraded:
-                log.exception("the fallback model failed too; answering nothing")
-                return empty
-            self.stats.fallback_reason = f"the model raised {type(exc).__name__}: {exc}"
-            log.exception("the neural model failed; answering from an n-gram model from now on")
-            self._use_fallback()
-            try:
-                return fn()
-            except Exception:
-                log.exception("the fallback model failed too; answering nothing")
-                return empty
+        except Exception:
+            log.exception("the fallback model failed too; answering nothing")
+            return empty
 
     def _use_fallback(self, extra_text: str = "") -> None:
-        """Switch to the fallback model (an n-gram over the workspace and open documents)."""
-        if self._fallback is not None:
-            if self.model is not self._fallback:
-                self.model, self.runner, self._states = self._fallback, self._runner(self._fallback), []
-            return
-        if self.model is not None and self._fallback_built_at == self.cache.builds and not extra_text:
-            return
+        """Answer from the fallback model (an n-gram over the workspace and open documents) for now."""
+        model = self._fallback
+        if model is None:
+            model = self._ngram
+            if model is None or self._fallback_built_at != self.cache.builds or extra_text:
+                model = self._ngram = self._build_ngram(extra_text)
+                self._fallback_built_at = self.cache.builds
+        if self.model is not model:
+            self.model, self.runner, self._states = model, self._runner(model), []
+
+    def _build_ngram(self, extra_text: str) -> LanguageModel:
         ids = self.cache.all_ids() + self.tokenizer.encode(extra_text)
         if len(ids) < 2:
             ids = [self.tokenizer.eos_id, self.tokenizer.eos_id]
@@ -376,8 +400,7 @@ class CompletionEngine:
         model = NgramModel(cfg, NgramCounts.build(np.asarray(ids), cfg.vocab_size, cfg.order))
         model.tokenizer = self.tokenizer
         model.meta = {"family": "ngram", "built_from": "workspace"}
-        self.model, self.runner, self._states = model, self._runner(model), []
-        self._fallback_built_at = self.cache.builds
+        return model
 
     def _runner(self, model: LanguageModel) -> Runner:
         return Runner(model, delay_s=self.options.step_delay_ms / 1000.0)
