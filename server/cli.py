@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -29,7 +30,15 @@ def register(subparsers) -> None:
     )
     serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
     serve.add_argument(
-        "--host", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1: loopback only)"
+        "--host",
+        default="127.0.0.1",
+        help="TCP address to bind (default 127.0.0.1: loopback only; any other needs --allow-remote)",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other than loopback; LSP over TCP has no authentication: anyone who "
+        "reaches the port can read and send the code you edit",
     )
     serve.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
     serve.add_argument(
@@ -92,12 +101,28 @@ def setup_logging(level: str, log_file: Path | None) -> None:
         logging.getLogger("pygls").setLevel(logging.WARNING)
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); names and wildcards are not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.tcp and not is_loopback(args.host) and not args.allow_remote:
+        raise KaffeeError(
+            f"--host {args.host} is not a loopback address: LSP over TCP has no authentication, so anyone "
+            "who reaches the port could read and send code; pass --allow-remote if that is what you want"
+        )
     setup_logging(args.log_level, args.log_file)
     # The protocol owns the real stdout; anything printed by accident goes to stderr.
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr
-    from kaffee.server.lsp import build_server
+    from kaffee.server.lsp import build_server, prepare_params
+    from kaffee.server.transport import serve_stdio, serve_tcp
 
     # KAFFEE_STEP_DELAY_MS: a testing aid that makes every model call slow (cancellation tests).
     delay = float(os.environ.get("KAFFEE_STEP_DELAY_MS", "0") or 0)
@@ -105,11 +130,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = build_server(model_dir=args.model, device=args.device, engine_options=options)
     log = logging.getLogger("kaffee.server")
     if args.tcp:
+        if not is_loopback(args.host):
+            log.warning(
+                "listening on %s:%d, beyond this machine: LSP over TCP has no authentication; anyone who "
+                "reaches the port can read and send the code you edit",
+                args.host,
+                args.port,
+            )
         log.info("listening on %s:%d", args.host, args.port)
-        server.start_tcp(args.host, args.port)
+        code = serve_tcp(server.protocol, args.host, args.port, prepare=prepare_params)
     else:
-        server.start_io(sys.stdin.buffer, stdout)
-    code = 0 if server.protocol._shutdown else 1
+        code = serve_stdio(server.protocol, sys.stdin.buffer, stdout, prepare=prepare_params)
     log.info("server stopped (exit code %d)", code)
     logging.shutdown()
     os._exit(code)  # stdin reader threads may still block; the protocol is over

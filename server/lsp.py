@@ -3,15 +3,15 @@
 Handlers parse the request, hand the model work to a single worker thread (never the
 event loop), and format the answer. Documents live in :class:`DocumentStore` (UTF-16
 positions, clamped). A newer request for a document supersedes an older one of the
-same kind, ``$/cancelRequest`` stops work between decode steps, and malformed input
-gets a JSON-RPC error instead of taking the server down.
+same kind, and ``$/cancelRequest`` stops work between decode steps. Reading, checking
+and answering malformed messages is ``server/transport.py``'s (the one adapter to
+pygls' internals), so no message takes the server down or goes unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import threading
 import time
@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from kaffee.errors import KaffeeError
-from kaffee.server.documents import ENCODINGS, DocumentStore
+from kaffee.server.documents import ENCODINGS, DocumentStore, clamp_position
 from kaffee.server.engine import Completion, CompletionEngine, EngineOptions, TokenSuggestion
 from kaffee.server.java_tokens import first_token, trailing_word
 from kaffee.server.memory import trim_heap
 from kaffee.server.settings import ServerSettings, parse_settings
+from kaffee.server.transport import DocumentSyncProtocol
 from kaffee.server.workspace import SKIP_DIRS, ScanLimits, read_java_file, scan_java_files
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
+from pygls.exceptions import JsonRpcRequestCancelled
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.uris import to_fs_path
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ TRIGGER_CHARACTERS = [".", "@", "(", ":"]  # member access, annotations, argumen
 TOKEN_ITEMS = 10  # next-token items in a completion list
 LABEL_CHARS = 80  # longer line suggestions are shortened in the list's label
 TRIM_AFTER_TOKENS = 256  # give freed memory back to the OS once this many tokens were encoded
-INVALID_REQUEST = -32600
-INVALID_PARAMS = -32602
-PARSE_ERROR = -32700
 KIND = {
     "keyword": types.CompletionItemKind.Keyword,
     "identifier": types.CompletionItemKind.Text,
@@ -63,70 +60,6 @@ class Cursor:
     lead_start: types.Position  # start of the word the cursor ends (== position when none)
 
 
-class _Malformed:
-    """A request whose params did not parse: answered with an error by ``handle_message``."""
-
-    jsonrpc = "2.0"
-
-    def __init__(self, msg_id: Any, method: str, error: Exception):
-        self.id = msg_id if isinstance(msg_id, int | str) and not isinstance(msg_id, bool) else None
-        self.method = method
-        self.error = error
-
-
-class KaffeeProtocol(LanguageServerProtocol):
-    """pygls' protocol with a faster document store and answers for bad or late messages."""
-
-    _server: KaffeeLanguageServer
-
-    def structure_message(self, data: dict[str, Any]):
-        try:
-            return super().structure_message(data)
-        except JsonRpcException as exc:
-            if isinstance(data, dict) and "id" in data and isinstance(data.get("method"), str):
-                return _Malformed(data["id"], data["method"], exc)
-            raise
-
-    def _error(self, msg_id: Any, code: int, message: str) -> None:
-        self._send_response(msg_id, error=types.ResponseError(code=code, message=message))
-
-    def handle_message(self, message) -> None:
-        if isinstance(message, _Malformed):
-            log.warning("bad params for %s: %s", message.method, message.error.__cause__ or message.error)
-            self._error(message.id, INVALID_PARAMS, f"invalid params for {message.method}")
-            return
-        if not hasattr(message, "jsonrpc"):
-            msg_id = message.get("id") if isinstance(message, dict) else None
-            log.warning("ignoring a message that is not JSON-RPC 2.0: %.200r", message)
-            if msg_id is not None or not isinstance(message, dict) or "method" not in message:
-                self._error(
-                    msg_id if isinstance(msg_id, int | str) else None,
-                    INVALID_REQUEST,
-                    "not a JSON-RPC 2.0 message",
-                )
-            return
-        method = getattr(message, "method", None)
-        is_request = method is not None and getattr(message, "id", None) is not None
-        if self._shutdown and is_request and method != types.EXIT:
-            self._error(message.id, INVALID_REQUEST, f"the server is shutting down; {method} refused")
-            return
-        super().handle_message(message)
-
-    # Document sync: our own store (pygls' recomputes all lines on every edit). Plain
-    # functions, not pygls' generator style, which keeps a future per notification forever.
-    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
-    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> None:
-        self._server.on_open(params)
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> None:
-        self._server.on_change(params)
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
-    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> None:
-        self._server.on_close(params)
-
-
 class KaffeeLanguageServer(LanguageServer):
     """Owns the documents, the settings, the engine and the one model worker thread."""
 
@@ -139,7 +72,7 @@ class KaffeeLanguageServer(LanguageServer):
         super().__init__(
             "kaffee",
             VERSION,
-            protocol_cls=KaffeeProtocol,
+            protocol_cls=DocumentSyncProtocol,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
         self.cli_model_dir = model_dir  # --model; settings.model_path overrides it
@@ -158,20 +91,25 @@ class KaffeeLanguageServer(LanguageServer):
         self.encoding = "utf-16"
         self.shutting_down = False
         self._trimmed_at = 0  # engine.tokens_advanced at the last heap trim
+        self._told_degraded = False  # the user was told that suggestions come from the n-gram fallback
 
     # -- errors ----------------------------------------------------------------------------------
     def report_server_error(self, error: Exception, source) -> None:
-        """Log, and answer unparseable input with a JSON-RPC parse error; never pop up dialogs."""
-        if isinstance(error, ValueError | json.JSONDecodeError):  # bad JSON or bad UTF-8 in a body
-            log.warning("unparseable message: %s", error)
-            try:
-                self.protocol._send_response(
-                    None, error=types.ResponseError(code=PARSE_ERROR, message="Parse error")
-                )
-            except Exception:
-                log.debug("could not send the parse error", exc_info=True)
-            return
+        """Log; never pop up dialogs (pygls' default shows every notification's error to the user)."""
         log.error("error in server (%s): %s", getattr(source, "__name__", source), error)
+
+    def check_engine_health(self) -> None:
+        """Tell the user when suggestions start, or stop, coming from the n-gram fallback."""
+        engine = self.engine
+        degraded = engine is not None and engine.degraded
+        if degraded == self._told_degraded:
+            return
+        self._told_degraded = degraded
+        if degraded:
+            reason = engine.stats.fallback_reason
+            self.notify_user(f"{reason}; suggestions come from an n-gram model until the model works again")
+        else:
+            self.notify_user("the model works again; suggestions come from it", types.MessageType.Info)
 
     def notify_user(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
         log.warning("%s", message)
@@ -244,6 +182,7 @@ class KaffeeLanguageServer(LanguageServer):
             setattr(engine.options, name, getattr(self.engine_options, name))
         self.engine, self.engine_error = engine, None
         trim_heap()
+        self._told_degraded = engine.degraded
         if engine.degraded:
             self.notify_user(f"{engine.stats.fallback_reason}; suggestions come from an n-gram model")
         log.info(
@@ -261,7 +200,10 @@ class KaffeeLanguageServer(LanguageServer):
     def _scan_workspace(self, engine: CompletionEngine) -> None:
         try:
             roots = []
-            ws = self.protocol._workspace
+            try:
+                ws = self.workspace
+            except RuntimeError:  # pygls: not initialized
+                ws = None
             if ws is not None:
                 for folder in ws.folders.values():
                     path = to_fs_path(folder.uri)
@@ -385,6 +327,7 @@ class KaffeeLanguageServer(LanguageServer):
         finally:
             if self._inflight.get(key) is cancel:
                 del self._inflight[key]
+        self.check_engine_health()
         engine = self.engine
         if engine is not None and engine.tokens_advanced - self._trimmed_at > TRIM_AFTER_TOKENS:
             self._trimmed_at = engine.tokens_advanced
@@ -448,6 +391,26 @@ def completion_items(
     return items
 
 
+def prepare_params(method: str, params: Any) -> None:
+    """Raw params, fixed before pygls types them: didChange positions outside LSP's range are clamped.
+
+    lsprotocol rejects a negative or >= 2**31 coordinate, which would drop the whole edit
+    and leave our text different from the editor's; clamped, it lands where
+    ``Document.offset_at`` puts any out-of-range position.
+    """
+    if method != types.TEXT_DOCUMENT_DID_CHANGE or not isinstance(params, dict):
+        return
+    changes = params.get("contentChanges")
+    for change in changes if isinstance(changes, list) else []:
+        rng = change.get("range") if isinstance(change, dict) else None
+        for pos in (rng.get("start"), rng.get("end")) if isinstance(rng, dict) else ():
+            if isinstance(pos, dict) and all(
+                isinstance(pos.get(k), int) and not isinstance(pos.get(k), bool)
+                for k in ("line", "character")
+            ):
+                pos["line"], pos["character"] = clamp_position(pos["line"], pos["character"])
+
+
 def build_server(
     model_dir: Path | None = None, device: str | None = None, engine_options: EngineOptions | None = None
 ) -> KaffeeLanguageServer:
@@ -456,7 +419,7 @@ def build_server(
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: KaffeeLanguageServer, params: types.InitializeParams) -> None:
-        enc = ls.protocol._workspace.position_encoding if ls.protocol._workspace else "utf-16"
+        enc = ls.workspace.position_encoding  # pygls sets the workspace up before this handler
         enc = getattr(enc, "value", enc)
         ls.encoding = enc if enc in ENCODINGS else "utf-16"
         ls.apply_settings(params.initialization_options, initial=True)

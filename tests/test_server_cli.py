@@ -75,3 +75,50 @@ def test_spot_and_offset_parsing() -> None:
     assert opts.speculate == 0 and opts.naive and opts.deadline_ms is None and opts.quantize == "none"
     with pytest.raises(KaffeeError):
         parse_engine_options(["speculate=lots"])
+
+
+def test_serve_refuses_a_remote_host_without_allow_remote() -> None:
+    for host in ("0.0.0.0", "192.168.1.5", "::", "example.com", ""):
+        out = kaffee("serve", "--tcp", "--host", host, "--port", "1")
+        assert out.returncode == 1, (host, out.stderr)
+        assert "--allow-remote" in out.stderr and "no authentication" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    assert "--allow-remote" in kaffee("serve", "--help").stdout
+
+
+def test_serve_with_allow_remote_warns_that_tcp_has_no_authentication(tiny_model_dir: Path) -> None:
+    from test_lsp_raw import _free_port
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kaffee",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--tcp",
+            "--host",
+            "0.0.0.0",
+        ]
+        + ["--port", str(_free_port()), "--allow-remote", "--log-level", "warning"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()  # the warning comes before the server listens
+        assert "WARNING" in line and "no authentication" in line and "0.0.0.0" in line, line
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_loopback_hosts_need_no_flag() -> None:
+    from kaffee.server.cli import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "localhost", "LOCALHOST"))
+    assert not any(
+        is_loopback(h) for h in ("0.0.0.0", "::", "", "10.0.0.1", "my-laptop", "localhost.evil.com")
+    )
