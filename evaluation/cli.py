@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kaffee.errors import KaffeeError
-from kaffee.evaluation.system_registry import SPEC_HELP
+from kaffee.evaluation.system_registry import SPEC_HELP, parse_system_spec
 from kaffee.evaluation.tasks import DEFAULT_TASKS, available
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise KaffeeError("--out DIR is required (where results.json, results.md and report.html go)")
     if not args.systems:
         raise KaffeeError(f"give at least one --system; {SPEC_HELP}")
+    for text in args.systems:  # a typo is an error before any work, not an empty report
+        parse_system_spec(text)
     tasks = [t for arg in args.tasks for t in arg.split(",") if t.strip()] or list(DEFAULT_TASKS)
     if args.codexglue_file and not args.tasks:
         tasks.append("codexglue-line")

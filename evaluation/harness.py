@@ -181,6 +181,7 @@ class Evaluation:
         self.notes: list[str] = []
         self.rows: list[dict[str, Any]] = []
         self.distributions: dict[str, dict[str, dict[str, list[float]]]] = {}
+        self.examples: dict[str, dict[str, list[dict[str, Any]]]] = {}  # system -> task -> a few predictions
         self.system_info: list[dict[str, Any]] = []
         self.sizes: dict[str, int] = {}
         self.item_scores: dict[tuple[str, str], dict[str, list[float]]] = {}  # (label, task) -> per-position
@@ -376,6 +377,9 @@ class Evaluation:
             )
         outcome = task.aggregate(positions, outputs, self.config.seed)
         self.item_scores[(label, task.name)] = task.item_scores(positions, outputs)
+        shown = task.examples(getattr(self, "held", None), positions, outputs)
+        if shown:
+            self.examples.setdefault(label, {})[task.name] = shown
         for row in outcome.rows:
             est = row.estimate
             self.rows.append(
@@ -462,6 +466,7 @@ class Evaluation:
             "results": self.rows,
             "project_gain": self.gains,
             "distributions": self.distributions,
+            "examples": self.examples,
             "problems": [asdict(p) for p in self.problems],
             "notes": self.notes,
         }

@@ -322,6 +322,35 @@ def plot_latency(results: dict[str, Any]) -> str | None:
 # -- html ------------------------------------------------------------------------------------------------------
 
 
+def _inline(text: str) -> str:
+    """Escaped HTML with Markdown `code` spans as <code> (run lines, notes and problems use them)."""
+    parts = html.escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: show it as typed
+        return html.escape(text)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _examples_html(results: dict[str, Any]) -> str:
+    out = []
+    for system, by_task in (results.get("examples") or {}).items():
+        for task, rows in by_task.items():
+            trs = "".join(
+                "<tr>"
+                + f"<td>{html.escape(r['where'])}</td>"
+                + "".join(
+                    f"<td class='code'>{html.escape(r[k])}</td>" for k in ("before", "target", "prediction")
+                )
+                + f"<td>{'✓' if r.get('hit') else '✗'}</td></tr>"
+                for r in rows
+            )
+            out.append(
+                f"<h3>{html.escape(system)} · {html.escape(task)}</h3><table class='examples'><thead><tr>"
+                "<th>where</th><th>line before the cursor</th><th>target</th><th>prediction</th><th>hit</th>"
+                f"</tr></thead><tbody>{trs}</tbody></table>"
+            )
+    return "<h2>Example predictions</h2>" + "".join(out) if out else ""
+
+
 def _html_table(header: list[str], body: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
@@ -334,8 +363,9 @@ def to_html(results: dict[str, Any]) -> str:
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}",
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}",
         "th{background:#f3f3f3}img{max-width:100%}.small{color:#555;font-size:90%}",
+        ".examples td{text-align:left}td.code{font-family:monospace;white-space:pre-wrap}",
         "</style></head><body><h1>Kaffee evaluation</h1>",
-        f"<p>{html.escape(_run_line(results))}. Created {html.escape(str(results.get('created')))}.</p>",
+        f"<p>{_inline(_run_line(results))}. Created {html.escape(str(results.get('created')))}.</p>",
         "<p class='small'>Cells: value [95 % bootstrap interval]; ↑ higher is better, ↓ lower.</p>",
     ]
     for title, header, body in task_tables(results) + gain_tables(results):
@@ -350,14 +380,14 @@ def to_html(results: dict[str, Any]) -> str:
             parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>")
     if results.get("problems"):
         items = "".join(
-            f"<li><b>{html.escape(p['where'])}</b>: {html.escape(p['message'])}</li>"
-            for p in results["problems"]
+            f"<li><b>{_inline(p['where'])}</b>: {_inline(p['message'])}</li>" for p in results["problems"]
         )
         parts.append(f"<h2>Problems</h2><ul>{items}</ul>")
     if results.get("notes"):
         parts.append(
-            "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in results["notes"]) + "</ul>"
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{_inline(n)}</li>" for n in results["notes"]) + "</ul>"
         )
+    parts.append(_examples_html(results))
     systems = results.get("systems", [])
     if systems:
         body = [

@@ -179,3 +179,25 @@ class Task(ABC):
 
     #: how item scores are scaled for reports (metric -> factor); 100 turns a 0/1 hit into %
     item_scale: ClassVar[dict[str, float]] = {}
+
+    def examples(
+        self, held: HeldOut | None, positions: list[Position], outputs: list[dict | None], n: int = 6
+    ) -> list[dict[str, Any]]:
+        """A few predictions to show in the report: where, the line before the cursor, target,
+        prediction, hit. Positions are a seeded sample already, so the first ``n`` answered
+        ones are a fair sample. Tasks without a readable prediction return ``[]``."""
+        return []
+
+
+def example(f: SourceFile, offset: int, target: str, prediction: str, hit: bool) -> dict[str, Any]:
+    """One report example: the cursor's line up to the cursor (at most 80 characters)."""
+    line_start = f.text.rfind("\n", 0, offset) + 1
+    line_no = f.text.count("\n", 0, offset) + 1
+    before = f.text[line_start:offset].lstrip()[-80:]
+    return {
+        "where": f"{f.project}/{f.path}:{line_no}",
+        "before": before,
+        "target": target,
+        "prediction": prediction,
+        "hit": hit,
+    }

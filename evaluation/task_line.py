@@ -21,6 +21,7 @@ from kaffee.evaluation.task_base import (
     Task,
     TaskOutcome,
     editor_context,
+    example,
     sample_units,
     task_rng,
 )
@@ -98,6 +99,21 @@ class LineTask(Task):
         return out
 
     item_scale = {"em": 100.0, f"em@{PREFIX_ONLY}": 100.0}
+
+    def examples(self, held, positions, outputs, n=6):
+        if held is None:
+            return []
+        done = [(p, o) for p, o in zip(positions, outputs, strict=True) if o][:n]
+        return [
+            example(
+                held.files[p.file],
+                p.data["offset"],
+                p.data["target"],
+                o["pred"],
+                bool(exact_match(o["pred"], p.data["target"])),
+            )
+            for p, o in done
+        ]
 
     def item_scores(self, positions: list[Position], outputs: list[dict | None]) -> dict[str, list[float]]:
         scores: dict[str, list[float]] = {m: [] for m in self.headline}

@@ -20,6 +20,7 @@ from kaffee.evaluation.task_base import (
     Task,
     TaskOutcome,
     editor_context,
+    example,
     sample_units,
     task_rng,
 )
@@ -57,6 +58,21 @@ class TokenTask(Task):
         return {"ranked": [str(t) for t in ranked[:K]], "ms": ms}
 
     item_scale = {"top1": 100.0, "top5": 100.0, "mrr10": 100.0}
+
+    def examples(self, held, positions, outputs, n=6):
+        if held is None:
+            return []
+        done = [(p, o) for p, o in zip(positions, outputs, strict=True) if o][:n]
+        return [
+            example(
+                held.files[p.file],
+                p.data["offset"],
+                p.data["target"],
+                " · ".join(o["ranked"][:5]),
+                bool(top_k_hit(p.data["target"], o["ranked"], 1)),
+            )
+            for p, o in done
+        ]
 
     @staticmethod
     def scores_of(target: str, ranked: list[str]) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def eval_main(argv: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except KaffeeError as exc:
-        print(f"kaffee eval: error: {exc}")
+        print(f"kaffee eval: error: {exc}", file=sys.stderr)
         return 1
 
 
@@ -101,6 +102,12 @@ def test_end_to_end_two_systems_write_three_reports(corpus, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("<img") == 3  # token kinds, edit sim by context length, latency
     assert "data:image/png;base64," in page
+    assert "<code>" in page and "`" not in page  # the run line's `corpus` rendered, not leaked
+    # a few predictions per system and task, with what the oracle got right
+    shown = data["examples"]["oracle"]["line"]
+    assert 0 < len(shown) <= 6 and all(e["hit"] and e["prediction"] == e["target"] for e in shown)
+    assert not all(e["hit"] for e in data["examples"]["mft"]["token"])
+    assert "Example predictions" in page and shown[0]["target"].replace("<", "&lt;") in page
 
 
 def test_interrupted_run_resumes_from_the_cache(corpus, tmp_path):
@@ -185,22 +192,27 @@ def test_cli_bad_system_and_bad_task_do_not_stop_the_rest(corpus, tmp_path, caps
     code = eval_main(
         [
             "eval", "--corpus", str(corpus), "--system", "mft", "--system", "gpt:" + str(tmp_path / "missing"),
-            "--system", "nonsense", "--task", "token", "--task", "nope", "--limit", "8", "--out", str(out), "--no-progress",
+            "--task", "token", "--task", "nope", "--limit", "8", "--out", str(out), "--no-progress",
         ]
     )  # fmt: skip
     assert code == 1
     printed = capsys.readouterr()
     assert "| mft |" in printed.out
-    assert (
-        "does not exist" in printed.err
-        and "cannot parse" in printed.err
-        and "unknown task 'nope'" in printed.err
-    )
+    assert "does not exist" in printed.err and "unknown task 'nope'" in printed.err
     data = load_results(out)
     assert {r["system"] for r in data["results"]} == {"mft"}
     wheres = {p["where"] for p in data["problems"]}
     assert "task nope" in wheres and any(w.startswith("system gpt:") for w in wheres)
     assert "Problems" in (out / "results.md").read_text()
+
+
+def test_cli_spec_that_does_not_parse_fails_before_any_work(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["eval", "--corpus", str(corpus), "--system", "mft", "--system", "bogus:xyz", "--out", str(out)]
+    assert eval_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("cannot parse system spec 'bogus:xyz'") == 1 and "KIND:DIR" in err
+    assert not out.exists()  # no empty results.json or report.html
 
 
 def test_cli_requires_out_and_system(corpus):
