@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaffee.errors import KaffeeError
+from kaffee.evaluation.cost import peak_rss_mb
 from kaffee.evaluation.lexer import lex
 from kaffee.evaluation.lsp_client import LspClient, LspDied, LspError, LspTimeout
 from kaffee.evaluation.typing_replay import TypingCounts, lines_of
@@ -165,23 +166,12 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
         counts = replay_lines(text, lines, suggest, type_text, cfg.max_requests)
         assert server.proc is not None
         return ReplayResult(
-            mode, latencies, counts, time.monotonic() - t_start, first_ms, peak_rss_mb(server.proc.pid)
+            mode, latencies, counts, time.monotonic() - t_start, first_ms, peak_rss_mb(server.proc.pid) or 0.0
         )
     except (LspError, LspTimeout, LspDied) as exc:
         raise KaffeeError(f"{mode}: {exc}") from exc
     finally:
         server.close(timeout=30)
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a live process in MB (Linux; 0 where /proc is not there)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def pick_file(args: argparse.Namespace) -> tuple[str, str]:

@@ -114,7 +114,7 @@ def register(subparsers) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from kaffee.evaluation.harness import EvalConfig, run_evaluation
-    from kaffee.evaluation.report import gain_tables, task_tables
+    from kaffee.evaluation.report import cost_table, gain_tables, task_tables
 
     if not args.out:
         raise KaffeeError("--out DIR is required (where results.json, results.md and report.html go)")
@@ -154,7 +154,9 @@ def run_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from kaffee.evaluation.report import markdown_table
 
-    for title, header, body in task_tables(results) + gain_tables(results, per_project=False):
+    for title, header, body in (
+        task_tables(results) + gain_tables(results, per_project=False) + cost_table(results)
+    ):
         print(f"\n## {title}\n\n{markdown_table(header, body)}")
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'report.html'}")
     problems = results.get("problems", [])

@@ -16,12 +16,14 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kaffee.errors import KaffeeError
+from kaffee.evaluation.cost import cpu_seconds, peak_rss_mb, rss_mb
 from kaffee.evaluation.metrics import mean_estimate
 from kaffee.evaluation.system_base import RequestFailed, System, SystemSettings, SystemSpec, SystemUnavailable
 from kaffee.evaluation.system_registry import MODEL_KINDS, build_system, parse_system_spec
@@ -183,6 +185,7 @@ class Evaluation:
         self.distributions: dict[str, dict[str, dict[str, list[float]]]] = {}
         self.examples: dict[str, dict[str, list[dict[str, Any]]]] = {}  # system -> task -> a few predictions
         self.system_info: list[dict[str, Any]] = []
+        self._load_cost: dict[str, float] = {}  # load time / memory of the system being built
         self.sizes: dict[str, int] = {}
         self.item_scores: dict[tuple[str, str], dict[str, list[float]]] = {}  # (label, task) -> per-position
         self.pairs: list[tuple[str, str]] = []  # (with project, without project) labels to compare
@@ -260,7 +263,13 @@ class Evaluation:
                 try:
                     train = train_texts(self.config.corpus) if self.config.corpus else None
                     log.info("loading system %s", spec.label)
-                    yield spec.text, build_system(spec, settings, train_texts=train)
+                    rss0, t0 = rss_mb(), time.perf_counter()
+                    system = build_system(spec, settings, train_texts=train)
+                    load_s, rss1 = time.perf_counter() - t0, rss_mb()
+                    self._load_cost = {"load_s": round(load_s, 2)}
+                    if system.process_id() is None and rss0 is not None and rss1 is not None:
+                        self._load_cost["memory_mb"] = round(rss1 - rss0, 1)  # what loading it added here
+                    yield spec.text, system
                 except KaffeeError as exc:
                     self._problem(f"system {spec.text}", str(exc))
                     self.system_info.append(
@@ -297,8 +306,16 @@ class Evaluation:
                 while label in labels:
                     label += "'"
                 labels.add(label)
+                cost = {**system.cost(), **self._load_cost, "cpu_ms": {}}
+                self._load_cost = {}
                 self.system_info.append(
-                    {"system": label, "spec": spec_text, "fingerprint": system.fingerprint(), "status": "ok"}
+                    {
+                        "system": label,
+                        "spec": spec_text,
+                        "fingerprint": system.fingerprint(),
+                        "status": "ok",
+                        "cost": cost,
+                    }
                 )
                 try:
                     for task in tasks:
@@ -310,6 +327,11 @@ class Evaluation:
                     self._problem(f"system {label}", str(exc))
                     self.system_info[-1]["status"] = f"failed: {exc}"
                 finally:
+                    pid = system.process_id()
+                    if pid is not None:  # a server: its own peak, whatever this process holds
+                        peak = peak_rss_mb(pid)
+                        if peak is not None:
+                            cost["memory_mb"] = round(peak, 1)
                     try:
                         system.close()
                     except Exception as exc:  # noqa: BLE001 - a failing close must not lose results
@@ -344,6 +366,8 @@ class Evaluation:
             )
         current = None
         held = self.held
+        pid = system.process_id()
+        cpu0 = cpu_seconds(pid)
         try:
             for pos in todo:
                 if held is not None and pos.file >= 0 and pos.file != current:
@@ -365,6 +389,11 @@ class Evaluation:
         finally:
             if bar is not None:
                 bar.close()
+        cpu1 = cpu_seconds(system.process_id() if pid is not None else None)
+        made = len(todo) - len(errors)
+        if made > 0 and cpu0 is not None and cpu1 is not None and cpu1 >= cpu0 and self.system_info:
+            cost = self.system_info[-1].setdefault("cost", {}).setdefault("cpu_ms", {})
+            cost[task.name] = round((cpu1 - cpu0) * 1000 / made, 3)  # CPU of the answering process
         warning = system.health()
         if warning:
             self.notes.append(f"{label} · {task.name}: {warning}")

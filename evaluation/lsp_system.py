@@ -190,6 +190,10 @@ class LspSystem(System):
         assert self.client is not None
         return self.client
 
+    def process_id(self) -> int | None:
+        client = self.client
+        return client.proc.pid if client is not None and client.proc is not None and client.alive() else None
+
     def close(self) -> None:
         if self.client is not None:
             try:

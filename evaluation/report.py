@@ -153,6 +153,31 @@ def gain_tables(
     return tables
 
 
+def cost_table(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """System cost beside the quality tables: size, load time, memory, CPU per prediction."""
+    systems = [s for s in results.get("systems", []) if s.get("cost")]
+    if not systems:
+        return []
+    tasks = sorted({t for s in systems for t in s["cost"].get("cpu_ms", {})})
+    header = ["system", "params (M)", "disk MB", "load s", "memory MB"] + [
+        f"CPU ms / {t} prediction" for t in tasks
+    ]
+    body = []
+    for s in systems:
+        c = s["cost"]
+        params = c.get("params")
+        row = [
+            s["system"],
+            "" if params is None else f"{params / 1e6:.1f}",
+            _fmt(c.get("disk_mb")),
+            _fmt(c.get("load_s"), 2),
+            _fmt(c.get("memory_mb"), 0),
+        ]
+        row += [_fmt(c.get("cpu_ms", {}).get(t)) for t in tasks]
+        body.append(row)
+    return [("Cost (memory: RSS added by loading in-process, or the LSP server's peak RSS)", header, body)]
+
+
 def markdown_table(header: list[str], body: list[list[str]], text_columns: int = 1) -> str:
     """A Markdown table; the first ``text_columns`` are left-aligned, the numbers right-aligned."""
     esc = [[c.replace("|", "\\|") for c in row] for row in [header, *body]]
@@ -191,6 +216,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         out += [f"## {title}", "", markdown_table(header, body), ""]
     for title, header, body in gain_tables(results):
         out += [f"## {title}", "", markdown_table(header, body, text_columns=3), ""]
+    for title, header, body in cost_table(results):
+        out += [f"## {title}", "", markdown_table(header, body), ""]
     if results.get("problems"):
         out += (
             ["## Problems", ""] + [f"- **{p['where']}**: {p['message']}" for p in results["problems"]] + [""]
@@ -368,7 +395,7 @@ def to_html(results: dict[str, Any]) -> str:
         f"<p>{_inline(_run_line(results))}. Created {html.escape(str(results.get('created')))}.</p>",
         "<p class='small'>Cells: value [95 % bootstrap interval]; ↑ higher is better, ↓ lower.</p>",
     ]
-    for title, header, body in task_tables(results) + gain_tables(results):
+    for title, header, body in task_tables(results) + gain_tables(results) + cost_table(results):
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, body)}")
     for title, fn in (
         ("Accuracy by token kind", plot_token_kinds),

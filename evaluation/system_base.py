@@ -12,6 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kaffee.errors import KaffeeError
 
@@ -78,6 +79,14 @@ class System(ABC):
     def bits(self, text: str) -> tuple[float, int]:
         """(bits, characters) the system needs to encode ``text``."""
         raise NotImplementedError
+
+    def cost(self) -> dict[str, Any]:
+        """What the system can tell about its size: ``disk_mb``, ``params`` (empty if unknown)."""
+        return {}
+
+    def process_id(self) -> int | None:
+        """The process that does the work, for CPU and memory readings (None: this process)."""
+        return None
 
     def health(self) -> str | None:
         """A warning when the answers are no longer what the spec promised (e.g. a fallback model)."""

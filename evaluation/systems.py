@@ -17,8 +17,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from kaffee.errors import KaffeeError
+from kaffee.evaluation.cost import model_size
 from kaffee.evaluation.lexer import lex
 from kaffee.evaluation.system_base import (
     WORKSPACE_ROOT,
@@ -78,6 +80,9 @@ class EngineSystem(System):
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def cost(self) -> dict[str, Any]:
+        return model_size(self.path)
 
     def health(self) -> str | None:
         stats = getattr(self.engine, "stats", None)

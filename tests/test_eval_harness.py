@@ -256,6 +256,12 @@ def test_cli_end_to_end_engine_and_baseline(corpus, tiny_ngram_dir, tmp_path, ca
     assert any("mft does not do bpc" in n for n in data["notes"])
     for name in ("results.md", "report.html"):
         assert (out / name).stat().st_size > 500
+    cost = {s["system"]: s["cost"] for s in data["systems"]}
+    assert cost[label]["disk_mb"] > 0 and cost[label]["load_s"] >= 0 and "memory_mb" in cost[label]
+    assert set(cost[label]["cpu_ms"]) == {"token", "line", "bpc", "typing"}
+    assert all(v >= 0 for v in cost[label]["cpu_ms"].values()) and cost[label]["cpu_ms"]["bpc"] > 0
+    assert cost[label]["params"] > 0  # numbers stored in its safetensors (n-gram counts here)
+    assert "## Cost" in printed and "CPU ms / token prediction" in (out / "results.md").read_text()
     # the same command again answers everything from the prediction cache, with the same numbers
     assert eval_main(argv) == 0
     again = load_results(out)

@@ -158,6 +158,8 @@ def test_lsp_system_matches_the_in_process_oracle(fake, corpus, tmp_path):
 
     assert numbers(over_lsp) == numbers(in_process)
     assert all(r["errors"] in (0, None) for r in over_lsp["results"])
+    cost = over_lsp["systems"][0]["cost"]  # read from the server process, not this one
+    assert cost["memory_mb"] > 0 and set(cost["cpu_ms"]) == {"token", "line", "typing"}
     assert numbers(over_lsp)[("token", "top1", "all")] == 100.0
 
 
