@@ -35,7 +35,9 @@ def test_mixed_sources_with_bad_inputs(tmp_path: Path) -> None:
     assert stats["dropped"] == {"binary": 1, "symlink_loop": 1, "too_large": 1}
     assert stats["latin1_fallbacks"] == 1
     assert stats["secrets_scrubbed"]["total"] >= 13 and stats["secrets_scrubbed"]["files"] == 1
-    assert [(f["source"], f["reason"]) for f in stats["failed_sources"]] == [(str(tmp_path / "missing"), "not_found")]
+    assert [(f["source"], f["reason"]) for f in stats["failed_sources"]] == [
+        (str(tmp_path / "missing"), "not_found")
+    ]
     assert stats["sources_without_java"] == [str(empty)]
     ds = load_corpus(tmp_path / "out")
     assert ds.column_names[:5] == ["text", "project", "path", "sha256", "split"]
@@ -150,7 +152,9 @@ class FakeApt:
         spec = args[-1]
         name, _, version = spec.partition("=")
         if name not in self.known:
-            return subprocess.CompletedProcess(cmd, 100, "", f"E: Unable to find a source package for {spec}\n")
+            return subprocess.CompletedProcess(
+                cmd, 100, "", f"E: Unable to find a source package for {spec}\n"
+            )
         with tarfile.open(Path(cwd) / f"{name}_{version or '1.0'}.orig.tar.xz", "w:xz") as tf:
             for i in range(3):
                 data = make_java(700 + i).encode()
@@ -169,7 +173,9 @@ def test_debian_packages_unknown_and_cached(tmp_path: Path, monkeypatch: pytest.
                  cache_dir=tmp_path / "cache")  # fmt: skip
     stats = build(cfg)
     assert stats["projects"] == 2 and stats["files_kept"] == 6
-    assert [(f["source"], f["reason"]) for f in stats["failed_sources"]] == [("debian:no-such-package", "unknown_package")]
+    assert [(f["source"], f["reason"]) for f in stats["failed_sources"]] == [
+        ("debian:no-such-package", "unknown_package")
+    ]
     assert (tmp_path / "cache" / "debian" / "etc" / "sources.list").read_text().count("deb-src") >= 1
     downloads = sum("source" in c for c in fake.calls)
     cfg.force = True
@@ -182,7 +188,9 @@ def test_no_network_for_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     src = write_project(tmp_path, "local", 2, seed=6)
     stats = build(config([src, "debian:libfoo-java"], tmp_path / "out", cache_dir=tmp_path / "cache"))
     assert stats["files_kept"] == 2
-    assert [(f["source"], f["reason"]) for f in stats["failed_sources"]] == [("debian:libfoo-java", "no_network")]
+    assert [(f["source"], f["reason"]) for f in stats["failed_sources"]] == [
+        ("debian:libfoo-java", "no_network")
+    ]
 
 
 def test_recipe_packages_are_added(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,7 +221,9 @@ def test_cli_build_and_stats(tmp_path: Path) -> None:
     proc = _kaffee("corpus", "stats", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "projects: 4" in proc.stdout and "train" in proc.stdout and "valid" in proc.stdout
-    proc = _kaffee("corpus", "build", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "c2"), cwd=tmp_path)
+    proc = _kaffee(
+        "corpus", "build", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "c2"), cwd=tmp_path
+    )
     assert proc.returncode == 1
     assert "no Java files found" in proc.stderr and "Traceback" not in proc.stderr
     proc = _kaffee("corpus", "stats", str(tmp_path), cwd=tmp_path)

@@ -87,7 +87,9 @@ def test_build_dedups_and_split_is_leak_free(tmp_path: Path) -> None:
         assert all(dedup.jaccard(sig, e) < 0.85 for e in eval_sigs)
 
 
-def test_near_duplicate_of_test_file_is_removed_from_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_near_duplicate_of_test_file_is_removed_from_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "src"
     for i in range(4):
         write_project(root, f"proj{i}", 3, seed=100 + i)
