@@ -67,7 +67,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], directory: Path, stem: str = 
         fname = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(directory / fname))
         weight_map.update({k: fname for k in shard})
-    (directory / f"{stem}.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}, indent=1))
+    (directory / f"{stem}.safetensors.index.json").write_text(
+        json.dumps({"weight_map": weight_map}, indent=1)
+    )
 
 
 def load_tensors(directory: Path, stem: str = "model") -> dict[str, torch.Tensor]:

@@ -11,13 +11,22 @@ FAMILY_NAMES = ("gpt", "lstm", "ngram")  # kept literal so `kaffee --help` does 
 
 
 def _loop_args(p: argparse.ArgumentParser, lr: float, steps: int) -> None:
-    p.add_argument("--max-steps", type=int, default=steps, help=f"optimizer steps (default {steps}); also the cosine schedule length")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=steps,
+        help=f"optimizer steps (default {steps}); also the cosine schedule length",
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="stop and save after this many minutes")
     p.add_argument("--batch-size", type=int, default=16, help="blocks per micro-batch per process")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--block-size", type=int, default=None, help="training sequence length (default: the model's context)")
+    p.add_argument(
+        "--block-size", type=int, default=None, help="training sequence length (default: the model's context)"
+    )
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 5%% of max steps)")
+    p.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 5%% of max steps)"
+    )
     p.add_argument("--eval-interval", type=int, default=None, help="steps between validation passes")
     p.add_argument("--save-interval", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=1337)
@@ -57,11 +66,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--family", choices=FAMILY_NAMES, required=True)
     t.add_argument("--preset", default="small", help="nano | small | base (default small)")
     t.add_argument("--corpus", type=Path, required=True, help="corpus directory or train.jsonl[.xz]")
-    t.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.json from `kaffee tokenizer train`")
+    t.add_argument(
+        "--tokenizer", type=Path, required=True, help="tokenizer.json from `kaffee tokenizer train`"
+    )
     t.add_argument("--out", type=Path, required=True, help="model directory to write")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out from its last checkpoint")
-    t.add_argument("--fim-rate", type=float, default=0.5, help="fraction of documents in fill-in-the-middle form")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model config field, e.g. --set n_layer=8")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --out from its last checkpoint"
+    )
+    t.add_argument(
+        "--fim-rate", type=float, default=0.5, help="fraction of documents in fill-in-the-middle form"
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model config field, e.g. --set n_layer=8",
+    )
     _loop_args(t, lr=1e-3, steps=1000)
     t.set_defaults(func=cmd_train)
 
@@ -110,7 +131,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kaffee.training.data import DataConfig
 
     job = TrainJob(args.family, args.preset, args.corpus, args.tokenizer, args.out, args.resume)
-    data_cfg = DataConfig(fim_rate=args.fim_rate, seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs)
+    data_cfg = DataConfig(
+        fim_rate=args.fim_rate, seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs
+    )
     summary = run_train(job, _train_config(args), data_cfg, _overrides(args.set))
     _emit(summary)
     return 0

@@ -49,7 +49,12 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     model_cfg = families.make_config(job.family, job.preset, tok.vocab_size, **(overrides or {}))
     fam = families.get_family(job.family)
     cache_dir = job.out.parent / f".{job.out.name}.data-cache"
-    meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), "fim_rate": data_cfg.fim_rate if fam.neural else 0.0}
+    meta = {
+        "corpus": str(job.corpus),
+        "preset": job.preset,
+        "hardware": hardware(),
+        "fim_rate": data_cfg.fim_rate if fam.neural else 0.0,
+    }
     if job.resume and job.out.exists():
         old = checkpoint.read_meta(job.out)
         if old.get("family") != job.family:
@@ -73,7 +78,9 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     return summary
 
 
-def _maybe_stream(corpus: Path, split: str, tok, tok_path, data_cfg: DataConfig, cache_dir: Path) -> np.ndarray | None:
+def _maybe_stream(
+    corpus: Path, split: str, tok, tok_path, data_cfg: DataConfig, cache_dir: Path
+) -> np.ndarray | None:
     try:
         return cached_token_stream(corpus, split, tok, tok_path, data_cfg, False, cache_dir)
     except KaffeeError as exc:
@@ -90,13 +97,26 @@ def _count_ngram(job: TrainJob, model_cfg, tok, tok_path, data_cfg, cache_dir, v
     model = families.wrap("ngram", model_cfg, counts)
     val = None
     if valid is not None and len(valid) > 1:
-        sample = valid[: 20_000].tolist()
+        sample = valid[:20_000].tolist()
         val = float(-model.sequence_logprobs(sample).double().mean())
     seconds = time.time() - t0
     n_keys = sum(len(k) for k in counts.keys)
-    meta["training"] = {"tokens": int(len(stream)), "ngrams": n_keys, "seconds": seconds, "history": [{"step": 0, "val_loss": val}] if val else []}
-    checkpoint.save_model_dir(job.out, model, tok, model_card("ngram", {**meta, "config": vars(model_cfg)}, _command()), extra=meta)
-    return {"family": "ngram", "tokens": int(len(stream)), "ngrams": n_keys, "val_loss": val, "seconds": seconds}
+    meta["training"] = {
+        "tokens": int(len(stream)),
+        "ngrams": n_keys,
+        "seconds": seconds,
+        "history": [{"step": 0, "val_loss": val}] if val else [],
+    }
+    checkpoint.save_model_dir(
+        job.out, model, tok, model_card("ngram", {**meta, "config": vars(model_cfg)}, _command()), extra=meta
+    )
+    return {
+        "family": "ngram",
+        "tokens": int(len(stream)),
+        "ngrams": n_keys,
+        "val_loss": val,
+        "seconds": seconds,
+    }
 
 
 # -- fine-tuning -----------------------------------------------------------------------------
@@ -125,7 +145,9 @@ def project_texts(source: Path, seed: int, valid_fraction: float = 0.1) -> tuple
             except OSError as exc:
                 log.warning("skipping %s: %s", p, exc)
     if len(texts) < 2:
-        raise KaffeeError(f"{source} has fewer than 2 Java files; fine-tuning needs some to train on and some to hold out")
+        raise KaffeeError(
+            f"{source} has fewer than 2 Java files; fine-tuning needs some to train on and some to hold out"
+        )
     order = np.random.default_rng(seed).permutation(len(texts))
     n_valid = max(1, int(round(len(texts) * valid_fraction)))
     return [texts[i] for i in order[n_valid:]], [texts[i] for i in order[:n_valid]]
@@ -134,21 +156,40 @@ def project_texts(source: Path, seed: int, valid_fraction: float = 0.1) -> tuple
 def run_finetune(from_dir: Path, source: Path, out: Path, cfg: TrainConfig, data_cfg: DataConfig) -> dict:
     base = checkpoint.load_model(from_dir)
     if base.family == "ngram":
-        raise KaffeeError("n-gram models are not fine-tuned: retrain by counting with `kaffee train --family ngram`")
+        raise KaffeeError(
+            "n-gram models are not fine-tuned: retrain by counting with `kaffee train --family ngram`"
+        )
     tok = base.tokenizer
     train_texts, valid_texts = project_texts(source, data_cfg.seed)
     fim_rate = float(base.meta.get("fim_rate", 0.0))
     from kaffee.training.data import doc_ids
 
-    train_stream = np.asarray([i for n, t in enumerate(train_texts) for i in doc_ids(t, n, tok, fim_rate, data_cfg.seed)], np.int32)
+    train_stream = np.asarray(
+        [i for n, t in enumerate(train_texts) for i in doc_ids(t, n, tok, fim_rate, data_cfg.seed)], np.int32
+    )
     valid_stream = np.asarray([i for t in valid_texts for i in tok.encode(t) + [tok.eos_id]], np.int32)
-    block = min(base.max_context if base.family == "gpt" else base.cfg.block_size, len(valid_stream) - 1, len(train_stream) - 1)
+    block = min(
+        base.max_context if base.family == "gpt" else base.cfg.block_size,
+        len(valid_stream) - 1,
+        len(train_stream) - 1,
+    )
     if block < 16:
         raise KaffeeError("the project is too small to fine-tune on (fewer than 16 tokens held out)")
     cfg.block_size = min(cfg.block_size or block, block)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    before = evaluate(base.module.to(device), BlockSampler(valid_stream, cfg.block_size, 0), cfg.eval_blocks, cfg.batch_size, device)
-    meta = {**{k: v for k, v in base.meta.items() if k not in ("config", "family", "training")}, "finetuned_from": str(from_dir), "corpus": str(source), "hardware": hardware()}
+    before = evaluate(
+        base.module.to(device),
+        BlockSampler(valid_stream, cfg.block_size, 0),
+        cfg.eval_blocks,
+        cfg.batch_size,
+        device,
+    )
+    meta = {
+        **{k: v for k, v in base.meta.items() if k not in ("config", "family", "training")},
+        "finetuned_from": str(from_dir),
+        "corpus": str(source),
+        "hardware": hardware(),
+    }
     summary = train(
         base.family,
         base.cfg,
@@ -162,7 +203,19 @@ def run_finetune(from_dir: Path, source: Path, out: Path, cfg: TrainConfig, data
         card=lambda m: model_card(base.family, {**m, "config": vars(base.cfg)}, _command()),
     )
     after = checkpoint.load_model(out)
-    after_loss = evaluate(after.module.to(device), BlockSampler(valid_stream, cfg.block_size, 0), cfg.eval_blocks, cfg.batch_size, device)
-    result = {**summary, "val_loss_before": before, "val_loss_after": after_loss, "train_files": len(train_texts), "valid_files": len(valid_texts)}
+    after_loss = evaluate(
+        after.module.to(device),
+        BlockSampler(valid_stream, cfg.block_size, 0),
+        cfg.eval_blocks,
+        cfg.batch_size,
+        device,
+    )
+    result = {
+        **summary,
+        "val_loss_before": before,
+        "val_loss_after": after_loss,
+        "train_files": len(train_texts),
+        "valid_files": len(valid_texts),
+    }
     (out / "finetune.json").write_text(json.dumps(result, indent=2))
     return result

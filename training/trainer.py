@@ -84,7 +84,9 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 @torch.no_grad()
-def evaluate(module: torch.nn.Module, sampler: BlockSampler | None, blocks: int, batch: int, device) -> float | None:
+def evaluate(
+    module: torch.nn.Module, sampler: BlockSampler | None, blocks: int, batch: int, device
+) -> float | None:
     """Mean validation loss (nats/token) over the first ``blocks`` blocks in a fixed order."""
     if sampler is None:
         return None
@@ -154,7 +156,11 @@ def train(
 
     block = min(cfg.block_size or model_cfg.block_size, model_cfg.block_size)
     sampler = BlockSampler(train_stream, block, cfg.seed)
-    valid = BlockSampler(valid_stream, block, cfg.seed) if valid_stream is not None and len(valid_stream) > block else None
+    valid = (
+        BlockSampler(valid_stream, block, cfg.seed)
+        if valid_stream is not None and len(valid_stream) > block
+        else None
+    )
     world, rank = accel.num_processes, accel.process_index
     per_step = cfg.batch_size * cfg.grad_accum * world
     n_params = sum(p.numel() for p in module.parameters())
@@ -179,23 +185,38 @@ def train(
         raw = accel.unwrap_model(train_module)
         raw = getattr(raw, "_orig_mod", raw)
         model = families.wrap(family, model_cfg, raw)
-        summary = {"step": state.step, "tokens": state.tokens, "val_loss": state.best_val, "history": state.history[-5:]}
+        summary = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "val_loss": state.best_val,
+            "history": state.history[-5:],
+        }
         meta = {**(extra_meta or {}), "training": {**summary, "config": asdict(cfg), "params": n_params}}
 
         def write_extra(tmp: Path) -> None:
             (tmp / "trainer").mkdir()
             save_optimizer(optimizer, tmp / "trainer")
-            (tmp / "trainer" / "state.json").write_text(json.dumps({"run": asdict(state), "train_config": asdict(cfg)}))
+            (tmp / "trainer" / "state.json").write_text(
+                json.dumps({"run": asdict(state), "train_config": asdict(cfg)})
+            )
             (tmp / "metrics.jsonl").write_text("\n".join(metrics_lines) + "\n")
 
-        checkpoint.save_model_dir(out, model, tokenizer, card(meta) if card else "", extra=meta, also=write_extra)
+        checkpoint.save_model_dir(
+            out, model, tokenizer, card(meta) if card else "", extra=meta, also=write_extra
+        )
         model.module.train()
 
     from tqdm.auto import tqdm
 
     start_time = time.time()
     start_step = state.step
-    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accel.is_main_process, desc=f"train {family}", unit="step")
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=state.step,
+        disable=not accel.is_main_process,
+        desc=f"train {family}",
+        unit="step",
+    )
     train_module.train()
     stopped_by_time = False
     t_last, tok_last = time.time(), state.tokens
@@ -236,7 +257,15 @@ def train(
             now = time.time()
             tps = (state.tokens - tok_last) / max(1e-9, now - t_last)
             t_last, tok_last = now, state.tokens
-            log_metrics({"step": state.step, "loss": loss_value, "lr": lr, "tokens": state.tokens, "tokens_per_s": tps})
+            log_metrics(
+                {
+                    "step": state.step,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "tokens": state.tokens,
+                    "tokens_per_s": tps,
+                }
+            )
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tps:,.0f}")
         bar.update(1)
         elapsed_min = (time.time() - start_time) / 60
@@ -258,7 +287,9 @@ def train(
     bar.close()
     accel.wait_for_everyone()
     elapsed = time.time() - start_time
-    checksum = float(sum(p.detach().double().sum().item() for p in accel.unwrap_model(train_module).parameters()))
+    checksum = float(
+        sum(p.detach().double().sum().item() for p in accel.unwrap_model(train_module).parameters())
+    )
     return {
         "family": family,
         "steps": state.step,
