@@ -8,14 +8,13 @@ shards ``model-00001-of-0000N.safetensors`` + ``model.safetensors.index.json``),
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.training import families
@@ -29,19 +28,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmpdir)`` then swap ``tmpdir`` into ``out``; a crash leaves ``out`` untouched."""
+    """Run ``write(tmpdir)`` then swap ``tmpdir`` into ``out``: a kill at any instant leaves the old
+    or the new complete directory at ``out`` (kaffee.atomic_dir); what earlier kills left is cleaned first."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    recover_dir(out)
+    tmp = make_tmp_dir(out)
     try:
         write(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
