@@ -36,7 +36,10 @@ def make_config(family: str, preset: str, vocab_size: int, **overrides: Any):
     fam = get_family(family)
     if preset not in fam.presets:
         raise KaffeeError(f"unknown preset {preset!r} for {family}; available: {', '.join(fam.presets)}")
-    return fam.config_cls(vocab_size=vocab_size, **{**fam.presets[preset], **overrides})
+    try:
+        return fam.config_cls(vocab_size=vocab_size, **{**fam.presets[preset], **overrides})
+    except (TypeError, ValueError) as exc:  # an unknown field or a bad value from --set
+        raise KaffeeError(f"{family} config: {exc}") from exc
 
 
 def build_module(family: str, cfg) -> torch.nn.Module:
@@ -81,7 +84,9 @@ def from_tensors(family: str, cfg, tensors: dict[str, torch.Tensor], device: str
     # tied head weights are legitimately absent from the file
     missing = [m for m in missing if not (getattr(cfg, "tie_embeddings", False) and _is_tied_name(m))]
     if missing or unexpected:
-        raise KaffeeError(f"weights do not match the {family} config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise KaffeeError(
+            f"weights do not match the {family} config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return wrap(family, cfg, module.to(device))
 
 

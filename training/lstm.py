@@ -1,4 +1,9 @@
-"""`lstm` family: a multi-layer LSTM language model in plain torch (the neural baseline)."""
+"""`lstm` family: a multi-layer recurrent language model in plain torch (the neural baseline).
+
+The cell is an LSTM or, with ``cell="gru"``, a GRU (the study Kaffee grew from compared
+both): same decode state (hidden-state snapshots), so the engine and harness treat them
+alike. ``kaffee train --family lstm --set cell=gru`` trains a GRU.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,14 @@ class LSTMConfig:
     tie_embeddings: bool = True  # share embedding and output head (through a hidden->embd projection)
     block_size: int = 256  # training sequence length (truncated BPTT); inference context is unbounded
     max_context: int = 4096  # longest context the engine feeds it
+    cell: str = "lstm"  # recurrent cell: "lstm" or "gru" (config.json without it: lstm)
 
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, not {self.cell!r}")
+
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 PRESETS: dict[str, dict] = {
     "nano": dict(n_embd=64, n_hidden=128, n_layer=1, block_size=128),
@@ -36,7 +48,7 @@ class LSTMModule(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.rnn = nn.LSTM(
+        self.rnn = CELLS[cfg.cell](
             cfg.n_embd,
             cfg.n_hidden,
             cfg.n_layer,
