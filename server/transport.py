@@ -358,6 +358,9 @@ class Session:
                 self.handle(body)
             except SystemExit as exc:  # pygls' exit handler: 0 after shutdown, else 1
                 return exc.code if isinstance(exc.code, int) else 1
+            except (BrokenPipeError, ConnectionResetError):
+                log.error("the connection to the client is lost")
+                return 1
             except Exception:
                 log.exception("unexpected error while handling a message; still serving")
         return 0 if self.gate.shutting_down else 1
