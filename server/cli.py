@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="run the language server (LSP over stdio, or TCP)",
-        description="Run the Kaffee language server. Logs go to stderr (or --log-file), never stdout.",
+        description="Run the Kaffee language server. Logs go to stderr (or --log-file), never stdout. "
+        "A message over 64 MiB is answered with an error and skipped.",
     )
     serve.add_argument(
         "--model", type=Path, default=None, help="model directory (default: the bundled model)"
