@@ -12,7 +12,8 @@ literal is one. Offsets are character offsets into the Python string.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from kaffee.server import java_tokens
 
@@ -23,6 +24,12 @@ OPERATOR = "operator/punctuation"
 LITERAL = "literal"
 MEMBER = "member after ."
 KINDS: tuple[str, ...] = (IDENTIFIER, KEYWORD, OPERATOR, LITERAL, MEMBER)
+# Categories of the study Kaffee grew from (Böning 2020), reported beside the kinds; a
+# token may have one or none. A method call is a member after ``.`` followed by ``(``;
+# a type is a name tree-sitter-java parses as a type identifier.
+METHOD_CALL = "method call"
+TYPE = "type"
+CATEGORIES: tuple[str, ...] = (METHOD_CALL, TYPE)
 
 # Words the JLS calls contextual keywords: identifiers unless they stand where the
 # grammar makes them keywords. Counted as identifiers (tree-sitter-java does the same
@@ -39,6 +46,7 @@ class JavaToken:
     line: int  # 0-based line of ``start``
     end_line: int  # 0-based line of the last character
     header: bool  # inside a package or import declaration
+    category: str | None = None  # one of CATEGORIES, or None
 
 
 def _kind(t: java_tokens.Lexeme, prev_text: str | None) -> str:
@@ -76,7 +84,52 @@ def lex(text: str) -> list[JavaToken]:
         depth += (t.text == "{") - (t.text == "}") if t.kind == "separator" else 0
         depth = max(depth, 0)
         prev_text = t.text
+    return _categorise(text, out)
+
+
+def _categorise(text: str, tokens: list[JavaToken]) -> list[JavaToken]:
+    """Tag method calls (from the tokens) and types (from tree-sitter-java's parse)."""
+    names = [i for i, t in enumerate(tokens) if t.kind in (IDENTIFIER, MEMBER)]
+    if not names:
+        return tokens
+    types = _type_identifier_starts(text)
+    out = list(tokens)
+    for i in names:
+        t = tokens[i]
+        if t.kind == MEMBER and i + 1 < len(tokens) and tokens[i + 1].text == "(":
+            out[i] = replace(t, category=METHOD_CALL)
+        elif t.start in types:
+            out[i] = replace(t, category=TYPE)
     return out
+
+
+def _type_identifier_starts(text: str) -> set[int]:
+    """Character offsets where tree-sitter-java sees a ``type_identifier``."""
+    data = text.encode("utf-8", errors="surrogatepass")
+    tree = _parser().parse(data)
+    starts: set[int] = set()
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "type_identifier":
+            starts.add(node.start_byte)
+        else:
+            stack.extend(node.children)
+    if len(data) == len(text):
+        return starts
+    byte_to_char, pos = {}, 0  # non-ASCII text: byte offsets -> character offsets
+    for i, ch in enumerate(text):
+        byte_to_char[pos] = i
+        pos += len(ch.encode("utf-8", errors="surrogatepass"))
+    return {byte_to_char[b] for b in starts if b in byte_to_char}
+
+
+@lru_cache(maxsize=1)
+def _parser():
+    import tree_sitter_java
+    from tree_sitter import Language, Parser
+
+    return Parser(Language(tree_sitter_java.language()))
 
 
 @dataclass(frozen=True)

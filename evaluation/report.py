@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kaffee.errors import KaffeeError
-from kaffee.evaluation.lexer import KINDS
+from kaffee.evaluation.lexer import CATEGORIES, KINDS
 from kaffee.evaluation.task_line import CONTEXT_BUCKETS
 from kaffee.evaluation.tasks import TASKS
 
@@ -102,6 +102,20 @@ def task_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list
                     + [format_cell(idx[k]) + f" (n={idx[k]['n']})" if k in idx else "–" for k in KINDS]
                 )
         out.append(("token top-1 by kind", header, body))
+    # and the study's categories (top-1 and top-5, as Böning 2020 reported them)
+    cat_rows = [r for r in rows if r["task"] == "token" and r["slice"].startswith("category=")]
+    if cat_rows:
+        cols = [(m, c) for c in CATEGORIES for m in ("top1", "top5")]
+        header = ["system"] + [f"{m} % · {c}" for m, c in cols]
+        body = []
+        for system in systems:
+            idx = {(r["metric"], r["slice"][9:]): r for r in cat_rows if r["system"] == system}
+            if idx:
+                body.append(
+                    [system]
+                    + [format_cell(idx[k]) + f" (n={idx[k]['n']})" if k in idx else "–" for k in cols]
+                )
+        out.append(("token accuracy by category", header, body))
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kaffee.evaluation.lexer import KINDS
+from kaffee.evaluation.lexer import CATEGORIES, KINDS
 from kaffee.evaluation.metrics import mean_estimate, reciprocal_rank, top_k_hit
 from kaffee.evaluation.system_base import System
 from kaffee.evaluation.task_base import (
@@ -44,7 +44,12 @@ class TokenTask(Task):
                 Position(
                     id=f"{f.sha256[:16]}:{tok.start}",
                     file=fi,
-                    data={"offset": tok.start, "target": tok.text, "kind": tok.kind},
+                    data={
+                        "offset": tok.start,
+                        "target": tok.text,
+                        "kind": tok.kind,
+                        "category": tok.category,
+                    },
                 )
             )
         return out
@@ -93,13 +98,19 @@ class TokenTask(Task):
         items = []
         for pos, out in zip(positions, outputs, strict=True):
             ranked = out["ranked"] if out else []
-            items.append((pos.data["kind"], self.scores_of(pos.data["target"], ranked)))
+            items.append(
+                (pos.data["kind"], pos.data.get("category"), self.scores_of(pos.data["target"], ranked))
+            )
         rows: list[MetricRow] = []
         for metric in self.headline:
-            rows.append(MetricRow(metric, mean_estimate([s[metric] for _, s in items], 100.0, seed)))
+            rows.append(MetricRow(metric, mean_estimate([s[metric] for _, _, s in items], 100.0, seed)))
             for kind in KINDS:
-                vals = [s[metric] for k, s in items if k == kind]
+                vals = [s[metric] for k, _, s in items if k == kind]
                 if vals:
                     rows.append(MetricRow(metric, mean_estimate(vals, 100.0, seed), slice=f"kind={kind}"))
+            for cat in CATEGORIES:  # the study's categories, beside the kinds
+                vals = [s[metric] for _, c, s in items if c == cat]
+                if vals:
+                    rows.append(MetricRow(metric, mean_estimate(vals, 100.0, seed), slice=f"category={cat}"))
         latency = [out["ms"] for out in outputs if out and "ms" in out]
         return TaskOutcome(rows, {"latency_ms": latency})

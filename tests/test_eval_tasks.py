@@ -10,7 +10,17 @@ import pytest
 from eval_fixtures import GREETER, TEST_FILES, OracleSystem, RandomSystem, make_corpus
 from kaffee.errors import KaffeeError
 from kaffee.evaluation.harness import load_held_out
-from kaffee.evaluation.lexer import IDENTIFIER, KEYWORD, LITERAL, MEMBER, OPERATOR, code_lines, lex
+from kaffee.evaluation.lexer import (
+    IDENTIFIER,
+    KEYWORD,
+    LITERAL,
+    MEMBER,
+    METHOD_CALL,
+    OPERATOR,
+    TYPE,
+    code_lines,
+    lex,
+)
 from kaffee.evaluation.system_base import Context
 from kaffee.evaluation.systems import model_bits
 from kaffee.evaluation.task_codexglue import detokenize, prediction_tokens, read_codexglue_file
@@ -45,6 +55,10 @@ def test_lexer_kinds_and_whole_literals():
     assert not any("Greets" in t.text or "greeting" in t.text for t in toks)  # comments are not tokens
     for t in toks:  # character offsets, also after non-ASCII text
         assert GREETER[t.start : t.end] == t.text
+    calls = {t.text for t in toks if t.category == METHOD_CALL}
+    assert {"stream", "map", "toList", "format", "strip"} <= calls and "Greeter" not in calls
+    types = {t.text for t in toks if t.category == TYPE}
+    assert "String" in types and not types & calls
 
 
 def test_code_lines_skip_headers_comments_and_multiline_tokens():
