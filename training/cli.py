@@ -36,6 +36,23 @@ def _loop_args(p: argparse.ArgumentParser, lr: float, steps: int) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "no"], default="auto")
 
 
+def _out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="model directory to write; rerunning the same command continues its unfinished run",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out even with changed loop settings (start one if there is none)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="start over even if --out holds a finished or another run"
+    )
+
+
 def _train_config(args: argparse.Namespace):
     from kaffee.training.trainer import TrainConfig
 
@@ -69,10 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--tokenizer", type=Path, required=True, help="tokenizer.json from `kaffee tokenizer train`"
     )
-    t.add_argument("--out", type=Path, required=True, help="model directory to write")
-    t.add_argument(
-        "--resume", action="store_true", help="continue the run saved in --out from its last checkpoint"
-    )
+    _out_args(t)
     t.add_argument(
         "--fim-rate", type=float, default=0.5, help="fraction of documents in fill-in-the-middle form"
     )
@@ -94,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--from", dest="from_dir", type=Path, required=True, help="model directory to start from")
     f.add_argument("--corpus", type=Path, required=True, help="corpus directory or a directory of Java code")
-    f.add_argument("--out", type=Path, required=True, help="model directory to write")
+    _out_args(f)
     _loop_args(f, lr=1e-4, steps=200)
     f.set_defaults(func=cmd_finetune)
 
@@ -130,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KaffeeError("--fim-rate must be between 0 and 1")
     from kaffee.training.data import DataConfig
 
-    job = TrainJob(args.family, args.preset, args.corpus, args.tokenizer, args.out, args.resume)
+    job = TrainJob(args.family, args.preset, args.corpus, args.tokenizer, args.out, args.resume, args.force)
     data_cfg = DataConfig(
         fim_rate=args.fim_rate, seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs
     )
@@ -144,7 +158,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from kaffee.training.run import run_finetune
 
     data_cfg = DataConfig(seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs)
-    result = run_finetune(args.from_dir, args.corpus, args.out, _train_config(args), data_cfg)
+    result = run_finetune(
+        args.from_dir, args.corpus, args.out, _train_config(args), data_cfg, args.resume, args.force
+    )
     _emit(result)
     print(f"validation loss: {result['val_loss_before']:.4f} -> {result['val_loss_after']:.4f} (nats/token)")
     return 0

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from kaffee.atomic_dir import recover_dir
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.training import checkpoint, families
@@ -30,7 +33,8 @@ class TrainJob:
     corpus: Path  # corpus directory or train.jsonl[.xz] export
     tokenizer: Path  # tokenizer.json
     out: Path  # model directory to write
-    resume: bool = False  # continue the run saved in `out`
+    resume: bool = False  # continue the run saved in `out`, even with changed loop settings
+    force: bool = False  # start over even if `out` holds another or a finished run
 
 
 def hardware() -> str:
@@ -43,26 +47,159 @@ def _command() -> str:
     return "kaffee " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+# TrainConfig fields that change when a run logs, evaluates, saves or stops, not what it computes
+_NOT_IN_SPEC = ("max_minutes", "eval_interval", "eval_blocks", "save_interval", "log_interval", "compile")
+# spec sections without which a checkpoint cannot be continued (its weights would not fit or mean something else)
+_STRUCTURAL = ("family", "model", "tokenizer")
+
+
+def run_spec(
+    family: str, model_cfg: Any, tok: KaffeeTokenizer, cfg: TrainConfig, data: dict[str, Any]
+) -> dict[str, Any]:
+    """What a run computes; a checkpoint is continued only by a command with the same spec."""
+    spec = {
+        "family": family,
+        "model": vars(model_cfg),
+        "tokenizer": hashlib.sha256(tok.tk.to_str().encode()).hexdigest()[:16],
+        "train": {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_SPEC},
+        "data": data,
+    }
+    return json.loads(json.dumps(spec))  # as it reads back from state.json (tuples become lists)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def spec_changes(saved: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, wanted)}`` for each key of ``want`` the saved spec has with another value."""
+    old = _flat(saved)
+    # a key the checkpoint lacks was added after it was written: nothing to compare
+    return {k: (old[k], v) for k, v in _flat(want).items() if k in old and old[k] != v}
+
+
+def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def _saved_state(out: Path) -> dict[str, Any] | None:
+    path = out / "trainer" / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KaffeeError(f"{path} is corrupt ({exc}); pass --force to start over") from exc
+
+
+def _recover(out: Path) -> None:
+    """Clean (or put back) what killed writers of ``out`` left, before any process reads ``out``."""
+    from accelerate import PartialState
+
+    # under torchrun every process gets here: the main one recovers while the others wait, so all see one `out`
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
+        recover_dir(out)
+
+
+def continue_run(out: Path, want: dict[str, Any], resume: bool, force: bool) -> bool:
+    """Whether to continue the run saved in ``out`` (True) or start one (False); refuses what would lose work.
+
+    The same command continues its own unfinished run; ``resume`` also continues it with changed
+    loop settings (data order, schedule); ``force`` starts over. Anything else that ``out``
+    holds (a finished run, another run, another model) is kept unless ``force``.
+    """
+    if resume and force:
+        raise KaffeeError("--resume and --force contradict each other: continue the saved run, or start over")
+    _recover(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        if resume:
+            log.info("--resume: %s holds no checkpoint yet; starting a new run", out)
+        return False
+    if not (out / "config.json").is_file():
+        raise KaffeeError(
+            f"{out} exists and is not a Kaffee model directory; refusing to replace it (choose another --out)"
+        )
+    if force:
+        log.warning("--force: starting over; the first checkpoint replaces what %s holds", out)
+        return False
+    state = _saved_state(out)
+    if state is None:
+        raise KaffeeError(
+            f"{out} already holds a model that is not a resumable training run; pass --force to replace it, or choose another --out"
+        )
+    step, spec = state["run"]["step"], state.get("spec")
+    if spec is None:  # written before checkpoints recorded their spec
+        if not resume:
+            raise KaffeeError(
+                f"{out} holds a checkpoint (step {step}) that does not record its settings; pass --resume to continue it, or --force to start over"
+            )
+        return True
+    changes = spec_changes(spec, want)
+    structural = {k: v for k, v in changes.items() if k.split(".")[0] in _STRUCTURAL}
+    if structural:
+        raise KaffeeError(
+            f"{out} holds another run ({_describe(structural)}); pass --force to start over, or choose another --out"
+        )
+    max_steps = want["train"]["max_steps"]
+    if step >= max_steps:
+        raise KaffeeError(
+            f"{out} holds a finished run (step {step} of {max_steps}); pass --force to start over, or --resume with a larger --max-steps to train on"
+        )
+    if changes and not resume:
+        raise KaffeeError(
+            f"{out} holds an unfinished run with other settings ({_describe(changes)}); rerun its own command to continue it, "
+            "pass --resume to continue it with these settings, or --force to start over"
+        )
+    if changes:
+        log.warning(
+            "--resume: continuing %s at step %d with changed settings (%s)", out, step, _describe(changes)
+        )
+    else:
+        log.info(
+            "%s holds an unfinished run of this command: continuing it at step %d of %d (--force starts over)",
+            out,
+            step,
+            max_steps,
+        )
+    return True
+
+
+def _check_data(out: Path, train_tokens: int, resume: bool) -> None:
+    """Once the data is tokenised: refuse to continue a run on other data unless ``resume``."""
+    changes = spec_changes(_saved_state(out).get("spec") or {}, {"data": {"train_tokens": train_tokens}})
+    if changes and not resume:
+        raise KaffeeError(
+            f"the training data changed since {out} was saved ({_describe(changes)}); "
+            "pass --resume to continue on it anyway, or --force to start over"
+        )
+    if changes:
+        log.warning("--resume: the training data changed since %s was saved (%s)", out, _describe(changes))
+
+
 def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: dict | None = None) -> dict:
     tok = KaffeeTokenizer.from_file(job.tokenizer)
     tok_path = job.tokenizer if job.tokenizer.is_file() else job.tokenizer / "tokenizer.json"
     model_cfg = families.make_config(job.family, job.preset, tok.vocab_size, **(overrides or {}))
     fam = families.get_family(job.family)
     cache_dir = job.out.parent / f".{job.out.name}.data-cache"
-    meta = {
-        "corpus": str(job.corpus),
-        "preset": job.preset,
-        "hardware": hardware(),
-        "fim_rate": data_cfg.fim_rate if fam.neural else 0.0,
-    }
-    if job.resume and job.out.exists():
-        old = checkpoint.read_meta(job.out)
-        if old.get("family") != job.family:
-            raise KaffeeError(f"--resume: {job.out} holds a {old.get('family')} model, not {job.family}")
+    fim_rate = data_cfg.fim_rate if fam.neural else 0.0
+    meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), "fim_rate": fim_rate}
+    data = {"corpus": str(job.corpus.resolve()), "fim_rate": fim_rate, "max_docs": data_cfg.max_docs}
+    spec = run_spec(job.family, model_cfg, tok, cfg, data)
+    resume = continue_run(job.out, spec, job.resume, job.force)
     valid = _maybe_stream(job.corpus, "valid", tok, tok_path, data_cfg, cache_dir)
     if not fam.neural:
         return _count_ngram(job, model_cfg, tok, tok_path, data_cfg, cache_dir, valid, meta)
     train_stream = cached_token_stream(job.corpus, "train", tok, tok_path, data_cfg, True, cache_dir)
+    if resume:
+        _check_data(job.out, len(train_stream), job.resume)
+    spec["data"]["train_tokens"] = len(train_stream)
     summary = train(
         job.family,
         model_cfg,
@@ -71,9 +208,10 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
         valid,
         job.out,
         cfg,
-        resume=job.resume,
+        resume=resume,
         extra_meta=meta,
         card=lambda m: model_card(job.family, {**m, "config": vars(model_cfg)}, _command()),
+        spec=spec,
     )
     return summary
 
@@ -153,20 +291,43 @@ def project_texts(source: Path, seed: int, valid_fraction: float = 0.1) -> tuple
     return [texts[i] for i in order[n_valid:]], [texts[i] for i in order[:n_valid]]
 
 
-def run_finetune(from_dir: Path, source: Path, out: Path, cfg: TrainConfig, data_cfg: DataConfig) -> dict:
+def _tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_finetune(
+    from_dir: Path,
+    source: Path,
+    out: Path,
+    cfg: TrainConfig,
+    data_cfg: DataConfig,
+    resume: bool = False,
+    force: bool = False,
+) -> dict:
     base = checkpoint.load_model(from_dir)
     if base.family == "ngram":
         raise KaffeeError(
             "n-gram models are not fine-tuned: retrain by counting with `kaffee train --family ngram`"
         )
     tok = base.tokenizer
-    train_texts, valid_texts = project_texts(source, data_cfg.seed)
     fim_rate = float(base.meta.get("fim_rate", 0.0))
+    init_tensors = families.model_tensors(base)
+    data = {"base": _tensors_hash(init_tensors), "corpus": str(source.resolve()), "fim_rate": fim_rate}
+    spec = run_spec(base.family, base.cfg, tok, cfg, data)
+    resume_run = continue_run(out, spec, resume, force)
+    train_texts, valid_texts = project_texts(source, data_cfg.seed)
     from kaffee.training.data import doc_ids
 
     train_stream = np.asarray(
         [i for n, t in enumerate(train_texts) for i in doc_ids(t, n, tok, fim_rate, data_cfg.seed)], np.int32
     )
+    if resume_run:
+        _check_data(out, len(train_stream), resume)
+    spec["data"]["train_tokens"] = len(train_stream)
     valid_stream = np.asarray([i for t in valid_texts for i in tok.encode(t) + [tok.eos_id]], np.int32)
     block = min(
         base.max_context if base.family == "gpt" else base.cfg.block_size,
@@ -198,9 +359,11 @@ def run_finetune(from_dir: Path, source: Path, out: Path, cfg: TrainConfig, data
         valid_stream,
         out,
         cfg,
-        init_tensors=families.model_tensors(base),
+        resume=resume_run,
+        init_tensors=init_tensors,
         extra_meta=meta,
         card=lambda m: model_card(base.family, {**m, "config": vars(base.cfg)}, _command()),
+        spec=spec,
     )
     after = checkpoint.load_model(out)
     after_loss = evaluate(

@@ -2,7 +2,7 @@
 
 nanoGPT-shaped: one loop, a config dataclass, checkpoints that carry their own config.
 Data order is a pure function of the step (training/data.py), the learning rate is a
-pure function of the step, and dropout is reseeded per step, so ``--resume`` after a
+pure function of the step, and dropout is reseeded per step, so rerunning the command after a
 kill continues exactly as the uninterrupted run would.
 """
 
@@ -123,8 +123,13 @@ def train(
     card: Callable[[dict], str] | None = None,
     extra_meta: dict | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    spec: dict | None = None,
 ) -> dict:
-    """Train a neural family; writes the model directory ``out`` (with resumable state) and returns a summary."""
+    """Train a neural family; writes the model directory ``out`` (with resumable state) and returns a summary.
+
+    ``spec`` (training/run.py: run_spec) is saved with each checkpoint so a later command can tell
+    whether it continues this run.
+    """
     from accelerate import Accelerator
 
     # cpu=True lets accelerate form a gloo process group when torchrun starts several CPU workers
@@ -197,7 +202,7 @@ def train(
             (tmp / "trainer").mkdir()
             save_optimizer(optimizer, tmp / "trainer")
             (tmp / "trainer" / "state.json").write_text(
-                json.dumps({"run": asdict(state), "train_config": asdict(cfg)})
+                json.dumps({"run": asdict(state), "train_config": asdict(cfg), "spec": spec})
             )
             (tmp / "metrics.jsonl").write_text("\n".join(metrics_lines) + "\n")
 
