@@ -29,11 +29,11 @@ import json
 import logging
 import re
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-import attrs
 from lsprotocol import types
 from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol, lsp_method
@@ -120,15 +120,17 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, int | str) and not isinstance(value, bool)
 
 
+_REQUEST_TYPES = frozenset(typing.get_args(types.REQUESTS))
+_NOTIFICATION_TYPES = frozenset(typing.get_args(types.NOTIFICATIONS))
+
+
 def _is_notification_method(method: str) -> bool:
-    """An LSP method whose messages have no id (lsprotocol's type for it has no ``id`` field)."""
-    kind = types.METHOD_TO_TYPES.get(method, (None,))[0]
-    return kind is not None and "id" not in attrs.fields_dict(kind)
+    """An LSP method whose messages carry no id, as lsprotocol lists them."""
+    return types.METHOD_TO_TYPES.get(method, (None,))[0] in _NOTIFICATION_TYPES
 
 
 def _is_request_method(method: str) -> bool:
-    kind = types.METHOD_TO_TYPES.get(method, (None,))[0]
-    return kind is not None and "id" in attrs.fields_dict(kind)
+    return types.METHOD_TO_TYPES.get(method, (None,))[0] in _REQUEST_TYPES
 
 
 class Gate:
@@ -181,7 +183,7 @@ class Gate:
             return Reply(msg_id, SERVER_NOT_INITIALIZED, "the server is not initialized yet")
         if self.shutting_down:
             return Reply(msg_id, INVALID_REQUEST, f"the server is shutting down; {method} refused")
-        if _is_notification_method(method) or method == types.CANCEL_REQUEST:
+        if _is_notification_method(method):
             return Reply(msg_id, INVALID_REQUEST, f"{method} is a notification: it takes no id")
         if method not in self._known():
             return Reply(msg_id, METHOD_NOT_FOUND, f"method not found: {method}")
