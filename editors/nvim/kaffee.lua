@@ -11,8 +11,15 @@
 --
 -- Completions come through the 'omnifunc' (<C-x><C-o>, set on attach), through any
 -- completion plugin that reads LSP sources, or, on 0.11+, through vim.lsp.completion
--- (`autocomplete = true`). On 0.12+ the server's inline suggestions show as ghost
--- text through vim.lsp.inline_completion (`inline = true`).
+-- (`autocomplete = true`).
+--
+-- Ghost text (`inline = true`): the server's textDocument/inlineCompletion answer,
+-- shown after the cursor. On 0.12+ through vim.lsp.inline_completion; on 0.7-0.11
+-- (or with `inline_native = false`) through extmark virtual text drawn here: the rest of
+-- the cursor line as virt_text (inline on 0.10+, overlay before), the following lines of
+-- a block as virt_lines. Requested `idle_ms` after the last edit or cursor move in
+-- insert mode; accepted whole, by word or by line; cleared on any cursor move, edit,
+-- mode change or buffer switch. `:KaffeeToggle` turns it off and on.
 
 local M = {}
 
@@ -43,7 +50,18 @@ M.defaults = {
   on_exit = nil, -- function(code, signal, client_id) called when the server process ends
   omnifunc = true, -- set 'omnifunc' to vim.lsp.omnifunc in attached buffers
   autocomplete = false, -- 0.11+: vim.lsp.completion.enable(..., { autotrigger = true })
-  inline = true, -- 0.12+: vim.lsp.inline_completion.enable() (ghost text)
+  inline = true, -- ghost text (see above); `:KaffeeToggle` flips it at run time
+  inline_native = true, -- 0.12+: use vim.lsp.inline_completion; false: Kaffee's extmarks there too
+  idle_ms = 250, -- extmark ghost text: request a suggestion after this long without typing
+  hl_group = "KaffeeGhostText", -- highlight of the ghost text (default: linked to Comment)
+  -- Insert-mode keys in attached buffers; false or "" leaves one unmapped. A key with
+  -- nothing to accept or dismiss does what it does without Kaffee.
+  keymaps = {
+    accept = "<Tab>", -- the whole suggestion
+    accept_word = "<M-Right>", -- the next word
+    accept_line = "<M-Down>", -- the rest of the current line (then the next line)
+    dismiss = "<C-]>",
+  },
 }
 
 local function has(feature)
@@ -126,6 +144,438 @@ local function attachable(bufnr)
   return vim.api.nvim_buf_is_valid(bufnr) and vim.bo[bufnr].buftype == ""
 end
 
+-- Ghost text ---------------------------------------------------------------------------
+
+local INLINE_METHOD = "textDocument/inlineCompletion"
+local ghost_ns = vim.api.nvim_create_namespace("kaffee_ghost")
+M.namespace = ghost_ns -- the extmark namespace of the ghost text
+
+local ghost = {
+  enabled = true, -- run-time switch (:KaffeeToggle); setup() sets it from `inline`
+  timer = nil, -- the idle timer (one for all buffers: only the current one types)
+  seq = 0, -- number of the latest request; answers to older ones are dropped
+  pending = nil, -- { client = client, id = request_id } of the request in flight
+  current = nil, -- what is shown: { bufnr, row, col, tick, text }
+}
+
+local function config_of()
+  return M.config or M.defaults
+end
+
+local function native_inline(config)
+  return config.inline_native
+    and type(vim.lsp.inline_completion) == "table"
+    and vim.lsp.inline_completion.enable ~= nil
+end
+
+local function in_insert_mode()
+  return vim.api.nvim_get_mode().mode == "i" and vim.fn.pumvisible() == 0
+end
+
+--- (0-based row, byte column, changedtick) of the cursor in the current window.
+local function cursor_state(bufnr)
+  local pos = vim.api.nvim_win_get_cursor(0)
+  return pos[1] - 1, pos[2], vim.api.nvim_buf_get_changedtick(bufnr)
+end
+
+local function utf8_len(byte)
+  if byte < 0xC0 then
+    return 1 -- ASCII, or a stray continuation byte counted on its own
+  elseif byte < 0xE0 then
+    return 2
+  elseif byte < 0xF0 then
+    return 3
+  end
+  return 4
+end
+
+--- LSP character offset (in the client's position encoding) of a byte column of `line`.
+local function byte_to_char(line, col, encoding)
+  if encoding == "utf-8" then
+    return col
+  end
+  local units, i = 0, 1
+  while i <= col and i <= #line do
+    local len = utf8_len(line:byte(i))
+    units = units + ((encoding ~= "utf-32" and len == 4) and 2 or 1)
+    i = i + len
+  end
+  return units
+end
+
+--- Byte column of an LSP character offset of `line`.
+local function char_to_byte(line, character, encoding)
+  if encoding == "utf-8" then
+    return math.min(character, #line)
+  end
+  local units, i = 0, 1
+  while i <= #line and units < character do
+    local len = utf8_len(line:byte(i))
+    units = units + ((encoding ~= "utf-32" and len == 4) and 2 or 1)
+    i = i + len
+  end
+  return math.min(i - 1, #line)
+end
+
+--- Calls client.request (0.7-0.10) or client:request (0.11+); returns ok, request_id.
+local function client_request(client, method, params, handler, bufnr)
+  if has("nvim-0.11") then
+    return client:request(method, params, handler, bufnr)
+  end
+  return client.request(method, params, handler, bufnr)
+end
+
+local function cancel_pending()
+  local pending = ghost.pending
+  ghost.pending = nil
+  if pending then
+    if has("nvim-0.11") then
+      pcall(pending.client.cancel_request, pending.client, pending.id)
+    else
+      pcall(pending.client.cancel_request, pending.id)
+    end
+  end
+end
+
+--- Removes the ghost text and forgets any request in flight.
+local function clear()
+  ghost.seq = ghost.seq + 1
+  cancel_pending()
+  local shown = ghost.current
+  ghost.current = nil
+  if shown and vim.api.nvim_buf_is_valid(shown.bufnr) then
+    vim.api.nvim_buf_clear_namespace(shown.bufnr, ghost_ns, 0, -1)
+  end
+end
+
+--- Whether the shown ghost text still belongs where the cursor is, unedited.
+local function still_current(shown, bufnr)
+  if not shown or shown.bufnr ~= bufnr or vim.api.nvim_get_current_buf() ~= bufnr then
+    return false
+  end
+  local row, col, tick = cursor_state(bufnr)
+  return shown.row == row and shown.col == col and shown.tick == tick
+end
+
+local function display(text)
+  return (text:gsub("\t", string.rep(" ", vim.bo.tabstop)))
+end
+
+--- Draws ghost text `shown.text` at (shown.row, shown.col) of shown.bufnr.
+local function render(shown)
+  local config = config_of()
+  local hl = config.hl_group
+  local bufnr, row, col = shown.bufnr, shown.row, shown.col
+  vim.api.nvim_buf_clear_namespace(bufnr, ghost_ns, 0, -1)
+  local lines = vim.split(shown.text, "\n", { plain = true })
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  local suffix = line:sub(col + 1)
+  local opts = { hl_mode = "combine" }
+  if has("nvim-0.10") then
+    -- Inline virtual text shifts the rest of the line right, as if typed.
+    if lines[1] ~= "" then
+      opts.virt_text = { { display(lines[1]), hl } }
+      opts.virt_text_pos = "inline"
+    end
+  else
+    -- 0.7-0.9 have no inline virtual text: draw over the line from the cursor on, the
+    -- text after the cursor redrawn after the suggestion (or after its last line).
+    local chunks = {}
+    if lines[1] ~= "" then
+      table.insert(chunks, { display(lines[1]), hl })
+    end
+    if suffix ~= "" then
+      if #lines == 1 then
+        table.insert(chunks, { display(suffix), "Normal" })
+      else
+        local width = vim.fn.strdisplaywidth(display(suffix)) - vim.fn.strdisplaywidth(display(lines[1]))
+        if width > 0 then
+          table.insert(chunks, { string.rep(" ", width), "Normal" })
+        end
+      end
+    end
+    if #chunks > 0 then
+      opts.virt_text = chunks
+      opts.virt_text_pos = "overlay"
+    end
+  end
+  if #lines > 1 then
+    opts.virt_lines = {}
+    for i = 2, #lines do
+      local chunks = { { display(lines[i]), hl } }
+      if i == #lines and suffix ~= "" and not has("nvim-0.10") then
+        table.insert(chunks, { display(suffix), "Normal" })
+      end
+      table.insert(opts.virt_lines, chunks)
+    end
+  end
+  shown.extmark = vim.api.nvim_buf_set_extmark(bufnr, ghost_ns, row, col, opts)
+  ghost.current = shown
+end
+
+--- The text to show from an InlineCompletionItem answered for (row, col), or nil.
+--- The item's range must end at the cursor; text it covers before the cursor (already
+--- typed) must start the insertText and is not shown again.
+local function item_text(item, line, row, col, encoding)
+  if type(item) ~= "table" then
+    return nil
+  end
+  local text = item.insertText
+  if type(text) == "table" then
+    text = text.value -- a StringValue (snippet): shown and inserted as plain text
+  end
+  if type(text) ~= "string" then
+    return nil
+  end
+  local range = item.range
+  if type(range) == "table" and range.start and range["end"] then
+    local start_col = char_to_byte(line, range.start.character, encoding)
+    local end_col = char_to_byte(line, range["end"].character, encoding)
+    if range.start.line ~= row or range["end"].line ~= row or end_col ~= col or start_col > col then
+      return nil
+    end
+    local typed = line:sub(start_col + 1, col)
+    if text:sub(1, #typed) ~= typed then
+      return nil
+    end
+    text = text:sub(#typed + 1)
+  end
+  if text:match("^%s*$") then
+    return nil
+  end
+  return text
+end
+
+--- Asks the server for a suggestion at the cursor; shows it if nothing moved meanwhile.
+local function request(bufnr)
+  local config = config_of()
+  if not (ghost.enabled and config.inline) or vim.api.nvim_get_current_buf() ~= bufnr or not in_insert_mode() then
+    return
+  end
+  local client = M.get_client(bufnr)
+  if not client then
+    return
+  end
+  clear()
+  local seq = ghost.seq
+  local row, col, tick = cursor_state(bufnr)
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  local encoding = client.offset_encoding or "utf-16"
+  local params = {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = { line = row, character = byte_to_char(line, col, encoding) },
+    context = { triggerKind = 2 }, -- InlineCompletionTriggerKind.Automatic
+  }
+  local function handler(err, result)
+    if seq ~= ghost.seq then
+      return -- superseded by a later request, or cleared
+    end
+    ghost.pending = nil
+    if err or type(result) ~= "table" or not vim.api.nvim_buf_is_valid(bufnr) then
+      return
+    end
+    -- Stale: the buffer changed, the cursor moved, or insert mode was left meanwhile.
+    if not in_insert_mode() or not still_current({ bufnr = bufnr, row = row, col = col, tick = tick }, bufnr) then
+      return
+    end
+    local items = result.items or result
+    for _, item in ipairs(items) do
+      local text = item_text(item, line, row, col, encoding)
+      if text then
+        render({ bufnr = bufnr, row = row, col = col, tick = tick, text = text })
+        return
+      end
+    end
+  end
+  local ok, id = client_request(client, INLINE_METHOD, params, handler, bufnr)
+  if ok and id then
+    ghost.pending = { client = client, id = id }
+  end
+end
+
+--- (Re)starts the idle timer: a request for bufnr once the user pauses.
+local function schedule_request(bufnr)
+  local config = config_of()
+  if not (ghost.enabled and config.inline) then
+    return
+  end
+  ghost.timer = ghost.timer or vim.loop.new_timer()
+  ghost.timer:stop()
+  ghost.timer:start(
+    config.idle_ms,
+    0,
+    vim.schedule_wrap(function()
+      request(bufnr)
+    end)
+  )
+end
+
+local function stop_timer()
+  if ghost.timer then
+    ghost.timer:stop()
+  end
+end
+
+--- The ghost text shown in the current buffer (what accept() would insert), or nil.
+function M.ghost_text()
+  local shown = ghost.current
+  if shown and still_current(shown, vim.api.nvim_get_current_buf()) then
+    return shown.text
+  end
+  return nil
+end
+
+--- The next word of a suggestion: its leading blanks and a run of word characters or
+--- of punctuation; at a line break, the break and the next line's indentation.
+local function next_word(text)
+  return text:match("^\n[ \t]*") or text:match("^[ \t]*[%w_]+") or text:match("^[ \t]*[^%w_%s]+") or text
+end
+
+--- The rest of the suggestion's current line; at a line break, the next line.
+local function next_line(text)
+  return text:match("^\n[^\n]*") or text:match("^[^\n]+") or text
+end
+
+--- Inserts the shown suggestion, or its next word ("word") or line ("line"), at the
+--- cursor; the rest, if any, stays shown. Returns false when nothing is shown.
+function M.accept(kind)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local shown = ghost.current
+  if not still_current(shown, bufnr) then
+    return false
+  end
+  local part = shown.text
+  if kind == "word" then
+    part = next_word(shown.text)
+  elseif kind == "line" then
+    part = next_line(shown.text)
+  end
+  local rest = shown.text:sub(#part + 1)
+  local lines = vim.split(part, "\n", { plain = true })
+  vim.api.nvim_buf_set_text(bufnr, shown.row, shown.col, shown.row, shown.col, lines)
+  local row = shown.row + #lines - 1
+  local col = #lines == 1 and shown.col + #lines[1] or #lines[#lines]
+  vim.api.nvim_win_set_cursor(0, { row + 1, col })
+  clear()
+  if rest ~= "" and not rest:match("^%s*$") then
+    render({ bufnr = bufnr, row = row, col = col, tick = vim.api.nvim_buf_get_changedtick(bufnr), text = rest })
+  end
+  return true
+end
+
+--- Hides the shown suggestion. Returns false when nothing was shown.
+function M.dismiss()
+  local visible = M.ghost_text() ~= nil
+  clear()
+  stop_timer()
+  return visible
+end
+
+--- Turns ghost text off or on (`enable` nil: flip it); returns the new state.
+function M.toggle(enable)
+  local config = config_of()
+  if enable == nil then
+    enable = not (ghost.enabled and config.inline)
+  end
+  ghost.enabled = enable
+  config.inline = enable
+  clear()
+  stop_timer()
+  if native_inline(config) then
+    pcall(vim.lsp.inline_completion.enable, enable)
+  end
+  notify("ghost text " .. (enable and "on" or "off"))
+  return enable
+end
+
+local function feed(keys)
+  vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(keys, true, false, true), "ni", false)
+end
+
+--- An insert-mode key: `action()` when it applies, else the key's own meaning.
+local function map_key(bufnr, lhs, action, desc)
+  if type(lhs) ~= "string" or lhs == "" then
+    return
+  end
+  vim.keymap.set("i", lhs, function()
+    if not action() then
+      feed(lhs)
+    end
+  end, { buffer = bufnr, silent = true, desc = desc })
+end
+
+--- KaffeeGhostText, linked to Comment unless the user or the colour scheme set it;
+--- again after every `:colorscheme` (which clears default links).
+local function define_highlight()
+  local function link()
+    vim.cmd("highlight default link " .. M.defaults.hl_group .. " Comment")
+  end
+  link()
+  vim.api.nvim_create_autocmd("ColorScheme", {
+    group = vim.api.nvim_create_augroup("kaffee_highlight", { clear = true }),
+    callback = link,
+  })
+end
+
+--- Ghost text for one attached buffer: native on 0.12+, else timer, autocommands, keys.
+local function attach_ghost(config, bufnr)
+  local keys = config.keymaps or {}
+  if native_inline(config) then
+    if config.inline then
+      pcall(vim.lsp.inline_completion.enable, true, { bufnr = bufnr })
+    end
+    map_key(bufnr, keys.accept, function()
+      return vim.lsp.inline_completion.get ~= nil and vim.lsp.inline_completion.get() == true
+    end, "Accept Kaffee's suggestion")
+    return
+  end
+  local group = vim.api.nvim_create_augroup("kaffee_ghost_" .. bufnr, { clear = true })
+  vim.api.nvim_create_autocmd({ "InsertEnter", "TextChangedI", "CursorMovedI" }, {
+    group = group,
+    buffer = bufnr,
+    desc = "Kaffee ghost text: clear it unless still current, request anew after idle_ms",
+    callback = function()
+      if ghost.current and still_current(ghost.current, bufnr) then
+        return -- e.g. the rest of a partly accepted suggestion
+      end
+      clear()
+      schedule_request(bufnr)
+    end,
+  })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave", "CompleteChanged", "TextChanged", "CursorMoved" }, {
+    group = group,
+    buffer = bufnr,
+    desc = "Kaffee ghost text: clear it",
+    callback = function()
+      if ghost.current or ghost.pending then
+        clear()
+      end
+      stop_timer()
+    end,
+  })
+  vim.api.nvim_create_autocmd({ "BufUnload", "BufWipeout" }, {
+    group = group,
+    buffer = bufnr,
+    once = true,
+    callback = function()
+      pcall(vim.api.nvim_del_augroup_by_id, group)
+      if ghost.current and ghost.current.bufnr == bufnr then
+        ghost.current = nil
+      end
+    end,
+  })
+  map_key(bufnr, keys.accept, function()
+    return M.accept()
+  end, "Accept Kaffee's suggestion")
+  map_key(bufnr, keys.accept_word, function()
+    return M.accept("word")
+  end, "Accept the next word of Kaffee's suggestion")
+  map_key(bufnr, keys.accept_line, function()
+    return M.accept("line")
+  end, "Accept the current line of Kaffee's suggestion")
+  map_key(bufnr, keys.dismiss, M.dismiss, "Dismiss Kaffee's suggestion")
+end
+
 local function make_on_attach(config)
   return function(client, bufnr)
     if config.omnifunc then
@@ -134,9 +584,7 @@ local function make_on_attach(config)
     if config.autocomplete and vim.lsp.completion and vim.lsp.completion.enable then
       pcall(vim.lsp.completion.enable, true, client.id, bufnr, { autotrigger = true })
     end
-    if config.inline and type(vim.lsp.inline_completion) == "table" and vim.lsp.inline_completion.enable then
-      pcall(vim.lsp.inline_completion.enable, true, { bufnr = bufnr })
-    end
+    attach_ghost(config, bufnr)
     if config.on_attach then
       config.on_attach(client, bufnr)
     end
@@ -203,10 +651,31 @@ function M.setup(opts)
     omnifunc = "boolean",
     autocomplete = "boolean",
     inline = "boolean",
+    inline_native = "boolean",
+    idle_ms = "number",
+    hl_group = "string",
+    keymaps = "table",
   })
   -- Shallow on purpose: a list given by the user (cmd, filetypes) replaces the default.
   local config = vim.tbl_extend("force", M.defaults, opts)
+  -- keymaps merge key by key: { accept = "<C-l>" } keeps the other default keys.
+  config.keymaps = vim.tbl_extend("force", M.defaults.keymaps, opts.keymaps or {})
+  for action, lhs in pairs(config.keymaps) do
+    if M.defaults.keymaps[action] == nil then
+      error(("kaffee.setup: unknown key map %q"):format(tostring(action)), 2)
+    elseif lhs ~= false and type(lhs) ~= "string" then
+      error(("kaffee.setup: key map %q must be a string or false"):format(action), 2)
+    end
+  end
+  if config.idle_ms < 0 then
+    error("kaffee.setup: idle_ms must not be negative", 2)
+  end
   M.config = config
+  ghost.enabled = config.inline
+  define_highlight()
+  vim.api.nvim_create_user_command("KaffeeToggle", function()
+    M.toggle()
+  end, { desc = "Turn Kaffee's ghost text off or on" })
 
   local program = config.cmd[1]
   if not program or vim.fn.executable(program) ~= 1 then
