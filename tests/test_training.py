@@ -41,8 +41,25 @@ def test_nano_model_overfits_fixture(family, tiny_tokenizer, tmp_path):
     cfg = families.make_config(family, "nano", tiny_tokenizer.vocab_size)
     stream = _stream(tiny_tokenizer, 2)
     lr = {"gpt": 3e-3, "lstm": 1e-2}[family]  # the recurrent net wants a larger step
-    tc = TrainConfig(batch_size=8, max_steps=120, lr=lr, warmup_steps=5, eval_interval=1000, save_interval=1000, block_size=64)
-    train(family, cfg, tiny_tokenizer, stream, None, tmp_path / "m", tc, on_step=lambda s, loss: losses.append(loss))
+    tc = TrainConfig(
+        batch_size=8,
+        max_steps=120,
+        lr=lr,
+        warmup_steps=5,
+        eval_interval=1000,
+        save_interval=1000,
+        block_size=64,
+    )
+    train(
+        family,
+        cfg,
+        tiny_tokenizer,
+        stream,
+        None,
+        tmp_path / "m",
+        tc,
+        on_step=lambda s, loss: losses.append(loss),
+    )
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 
@@ -59,7 +76,9 @@ def test_save_load_gives_identical_logits(family, tiny_tokenizer, tmp_path):
 
 @pytest.mark.parametrize("family", ["gpt", "lstm", "ngram"])
 def test_incremental_state_matches_full_recompute(family, tiny_model_dir, tiny_lstm_dir, tiny_ngram_dir):
-    model = checkpoint.load_model({"gpt": tiny_model_dir, "lstm": tiny_lstm_dir, "ngram": tiny_ngram_dir}[family])
+    model = checkpoint.load_model(
+        {"gpt": tiny_model_dir, "lstm": tiny_lstm_dir, "ngram": tiny_ngram_dir}[family]
+    )
     ids = model.tokenizer.encode(training_texts(1)[1])[:120]
     state = model.new_state()
     model.sync(state, ids[:100])
@@ -73,9 +92,26 @@ def test_incremental_state_matches_full_recompute(family, tiny_model_dir, tiny_l
 def test_resume_after_kill_reproduces_uninterrupted_run(tiny_tokenizer, tmp_path):
     cfg = families.make_config("gpt", "nano", tiny_tokenizer.vocab_size)
     stream = _stream(tiny_tokenizer, 2)
-    tc = dict(batch_size=4, max_steps=12, lr=3e-3, warmup_steps=2, eval_interval=1000, save_interval=6, block_size=32)
+    tc = dict(
+        batch_size=4,
+        max_steps=12,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=1000,
+        save_interval=6,
+        block_size=32,
+    )
     full: dict[int, float] = {}
-    train("gpt", cfg, tiny_tokenizer, stream, None, tmp_path / "a", TrainConfig(**tc), on_step=lambda s, loss: full.__setitem__(s, loss))
+    train(
+        "gpt",
+        cfg,
+        tiny_tokenizer,
+        stream,
+        None,
+        tmp_path / "a",
+        TrainConfig(**tc),
+        on_step=lambda s, loss: full.__setitem__(s, loss),
+    )
 
     class Killed(Exception):
         pass
@@ -88,7 +124,17 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tiny_tokenizer, tmp_path
         train("gpt", cfg, tiny_tokenizer, stream, None, tmp_path / "b", TrainConfig(**tc), on_step=kill_at_9)
     assert json.loads((tmp_path / "b" / "trainer" / "state.json").read_text())["run"]["step"] == 6
     resumed: dict[int, float] = {}
-    train("gpt", cfg, tiny_tokenizer, stream, None, tmp_path / "b", TrainConfig(**tc), resume=True, on_step=lambda s, loss: resumed.__setitem__(s, loss))
+    train(
+        "gpt",
+        cfg,
+        tiny_tokenizer,
+        stream,
+        None,
+        tmp_path / "b",
+        TrainConfig(**tc),
+        resume=True,
+        on_step=lambda s, loss: resumed.__setitem__(s, loss),
+    )
     assert sorted(resumed) == list(range(7, 13))
     for s in resumed:
         assert resumed[s] == pytest.approx(full[s], rel=1e-5, abs=1e-6)
@@ -184,14 +230,32 @@ def jsonl_corpus(tmp_path_factory, tiny_tokenizer) -> Path:
 
 def kaffee(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "kaffee", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kaffee", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt", "lstm", "ngram"])
 def test_cli_train_each_family(family, jsonl_corpus, tmp_path):
-    r = kaffee("train", "--family", family, "--preset", "nano", "--corpus", str(jsonl_corpus / "train.jsonl"),
-               "--tokenizer", str(jsonl_corpus / "tokenizer.json"), "--out", str(tmp_path / family),
-               "--max-steps", "6", "--block-size", "32", "--batch-size", "4")
+    r = kaffee(
+        "train",
+        "--family",
+        family,
+        "--preset",
+        "nano",
+        "--corpus",
+        str(jsonl_corpus / "train.jsonl"),
+        "--tokenizer",
+        str(jsonl_corpus / "tokenizer.json"),
+        "--out",
+        str(tmp_path / family),
+        "--max-steps",
+        "6",
+        "--block-size",
+        "32",
+        "--batch-size",
+        "4",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["val_loss"] is not None
@@ -204,34 +268,103 @@ def test_cli_finetune_improves_validation_loss(tiny_model_dir, tmp_path, java_sa
     for i in range(4):
         for name, text in java_samples.items():
             (project / f"{i}{name}").write_text(text.replace("Account", "Konto").replace("balance", "saldo"))
-    r = kaffee("finetune", "--from", str(tiny_model_dir), "--corpus", str(project), "--out", str(tmp_path / "ft"),
-               "--max-steps", "25", "--lr", "1e-3", "--batch-size", "4")
+    r = kaffee(
+        "finetune",
+        "--from",
+        str(tiny_model_dir),
+        "--corpus",
+        str(project),
+        "--out",
+        str(tmp_path / "ft"),
+        "--max-steps",
+        "25",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "4",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-2])
     assert result["val_loss_after"] < result["val_loss_before"]
 
 
 def test_cli_errors_are_clear(jsonl_corpus, tmp_path):
-    r = kaffee("train", "--family", "gpt", "--preset", "nano", "--corpus", str(tmp_path / "missing.jsonl"),
-               "--tokenizer", str(jsonl_corpus / "tokenizer.json"), "--out", str(tmp_path / "m"))
+    r = kaffee(
+        "train",
+        "--family",
+        "gpt",
+        "--preset",
+        "nano",
+        "--corpus",
+        str(tmp_path / "missing.jsonl"),
+        "--tokenizer",
+        str(jsonl_corpus / "tokenizer.json"),
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert r.returncode == 1 and "error" in r.stderr and "Traceback" not in r.stderr
     empty = tmp_path / "train.jsonl"
     empty.write_text("")
     (tmp_path / "valid.jsonl").write_text("")
-    r = kaffee("train", "--family", "gpt", "--preset", "nano", "--corpus", str(empty),
-               "--tokenizer", str(jsonl_corpus / "tokenizer.json"), "--out", str(tmp_path / "m"))
+    r = kaffee(
+        "train",
+        "--family",
+        "gpt",
+        "--preset",
+        "nano",
+        "--corpus",
+        str(empty),
+        "--tokenizer",
+        str(jsonl_corpus / "tokenizer.json"),
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert r.returncode == 1 and "no documents" in r.stderr and "Traceback" not in r.stderr
-    r = kaffee("train", "--family", "gpt", "--preset", "huge", "--corpus", str(jsonl_corpus / "train.jsonl"),
-               "--tokenizer", str(jsonl_corpus / "tokenizer.json"), "--out", str(tmp_path / "m"))
+    r = kaffee(
+        "train",
+        "--family",
+        "gpt",
+        "--preset",
+        "huge",
+        "--corpus",
+        str(jsonl_corpus / "train.jsonl"),
+        "--tokenizer",
+        str(jsonl_corpus / "tokenizer.json"),
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert r.returncode == 1 and "available: nano, small, base" in r.stderr
 
 
 def test_ddp_two_cpu_processes_agree(jsonl_corpus, tmp_path):
     # --standalone: a c10d rendezvous on localhost:0, so the OS picks a free port (no fixed port to collide on)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "kaffee", "train", "--family", "gpt", "--preset", "nano", "--corpus", str(jsonl_corpus / "train.jsonl"),
-           "--tokenizer", str(jsonl_corpus / "tokenizer.json"), "--out", str(tmp_path / "ddp"),
-           "--max-steps", "5", "--block-size", "32", "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "kaffee",
+        "train",
+        "--family",
+        "gpt",
+        "--preset",
+        "nano",
+        "--corpus",
+        str(jsonl_corpus / "train.jsonl"),
+        "--tokenizer",
+        str(jsonl_corpus / "tokenizer.json"),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--max-steps",
+        "5",
+        "--block-size",
+        "32",
+        "--batch-size",
+        "2",
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
