@@ -19,6 +19,7 @@ STAGE_CLIS: tuple[str, ...] = (
     "kaffee.training.cli",  # train, finetune
     "kaffee.server.cli",  # serve, complete
     "kaffee.evaluation.cli",  # eval
+    "kaffee.models.cli",  # export
 )
 
 
