@@ -20,6 +20,8 @@ class ServerSettings:
     deadline_ms: int = 1000  # time budget of one request, queueing included
     workspace_context: bool = True  # n-gram cache over the workspace's Java files and open documents
     device: str = "cpu"  # where the model runs: cpu, cuda or auto
+    enable: bool = True  # false: answer every request with nothing (the model stays loaded)
+    stats: bool = True  # count shown/accepted suggestions into the local stats file (server/stats.py)
 
 
 # JSON name -> (field name, check returning an error message or None)
@@ -55,6 +57,8 @@ _FIELDS = {
     "deadlineMs": ("deadline_ms", _check_deadline),
     "workspaceContext": ("workspace_context", _check_bool),
     "device": ("device", _check_device),
+    "enable": ("enable", _check_bool),
+    "stats": ("stats", _check_bool),
 }
 assert {f for f, _ in _FIELDS.values()} == {f.name for f in fields(ServerSettings)}
 
