@@ -244,7 +244,12 @@ def test_gpt2_pre_tokenizer_splits_java_like_kaffee(tiny_model_dir: Path) -> Non
     tok = load_model(tiny_model_dir).tokenizer
     gpt2 = Tokenizer.from_str(tok.tk.to_str())
     gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    texts = [*TEXTS, "a\r\n\r\n\tb  \n  c\n\n\n    }\t\t// x"]
+    texts = [
+        *TEXTS,
+        "a\r\n\r\n\tb  \n  c\n\n\n    }\t\t// x",
+        "x =\u00a0 1;\x0c\n \u00a0\tint",  # no-break space, form feed
+        'String s = "caf\u00e9 \u2003 \U0001f600";\r\n\t \r\n',
+    ]
     for text in texts:
         assert gpt2.encode(text, add_special_tokens=False).ids == tok.encode(text)
 
