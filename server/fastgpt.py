@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,7 +86,7 @@ class FastGPT(LanguageModel):
     def __init__(
         self,
         cfg: GPTConfig,
-        tensors: dict[str, torch.Tensor],
+        tensors: MutableMapping[str, torch.Tensor] | checkpoint.LazyTensors,  # consumed (popped)
         quantize: str = "none",
         device: str | torch.device = "cpu",
     ):
@@ -138,7 +138,10 @@ class FastGPT(LanguageModel):
             self._embed_q: torch.Tensor | None = None
             if quantize == "int8":  # embedding rows as int8 + a scale per row: 4x smaller
                 scale = (embed.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-                self._embed_q = torch.round(embed / scale[:, None]).clamp(-127, 127).to(torch.int8)
+                self._embed_q = torch.empty(embed.shape, dtype=torch.int8, device=dev)
+                for i in range(0, embed.shape[0], 2048):  # in row chunks: no full-size fp32 temporaries
+                    rows = embed[i : i + 2048] / scale[i : i + 2048, None]
+                    self._embed_q[i : i + 2048] = rows.round_().clamp_(-127, 127).to(torch.int8)
                 self._embed_scale = scale
                 self.embed = None
             elif quantize == "bf16":
@@ -178,7 +181,7 @@ class FastGPT(LanguageModel):
             raise KaffeeError(
                 f"tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {cfg.vocab_size}: they do not belong together"
             )
-        tensors = checkpoint.load_tensors(model_dir)
+        tensors = checkpoint.load_tensors(model_dir, lazy=True)  # each read when converted
         expected = {"model.embed_tokens.weight", "model.norm.weight"} | {
             f"model.layers.{i}.{n}"
             for i in range(cfg.n_layer)

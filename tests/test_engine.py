@@ -318,3 +318,16 @@ def test_runner_sync_reencodes_only_the_edit_and_matches_a_full_recompute(tiny_m
     assert runner.tokens_advanced == 50 + (len(edited) - 40)  # cropped to the 40 common ids
     assert runner.sync(state, edited) is lp and runner.tokens_advanced == 50 + len(edited) - 40  # cached
     assert torch.allclose(lp, load_model(tiny_model_dir).next_logprobs([edited])[0], atol=1e-4)
+
+
+def test_lazy_tensors_read_the_same_weights_one_by_one(tiny_model_dir: Path):
+    from kaffee.training.checkpoint import load_tensors
+
+    eager = load_tensors(tiny_model_dir)
+    lazy = load_tensors(tiny_model_dir, lazy=True)
+    assert set(lazy) == set(eager) and len(lazy) == len(eager)
+    name = next(iter(eager))
+    assert torch.equal(lazy[name], eager[name]) and torch.equal(lazy.pop(name), eager[name])
+    assert name not in lazy and len(lazy) == len(eager) - 1
+    with pytest.raises(KeyError):
+        lazy[name]

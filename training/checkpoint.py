@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.training import families
 from kaffee.training.lm import LanguageModel
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
@@ -66,22 +66,21 @@ def save_tensors(tensors: dict[str, torch.Tensor], directory: Path, stem: str = 
     )
 
 
-def load_tensors(directory: Path, stem: str = "model") -> dict[str, torch.Tensor]:
+def _weight_files(directory: Path, stem: str) -> list[Path]:
+    """The safetensors file(s) of a model directory: one file, or the shards its index names."""
     single = directory / f"{stem}.safetensors"
     index = directory / f"{stem}.safetensors.index.json"
-    try:
-        if single.is_file():
-            return load_file(str(single))
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            out: dict[str, torch.Tensor] = {}
-            for f in files:
-                if not (directory / f).is_file():
-                    raise KaffeeError(f"{directory} is incomplete: shard {f} is missing")
-                out.update(load_file(str(directory / f)))
-            return out
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise KaffeeError(f"{directory}: weights are corrupt or unreadable ({exc})") from exc
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KaffeeError(f"{directory}: {index.name} is corrupt or unreadable ({exc})") from exc
+        for name in names:
+            if not (directory / name).is_file():
+                raise KaffeeError(f"{directory} is incomplete: shard {name} is missing")
+        return [directory / name for name in names]
     pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise KaffeeError(
@@ -89,6 +88,55 @@ def load_tensors(directory: Path, stem: str = "model") -> dict[str, torch.Tensor
             "(pickle files can run arbitrary code)"
         )
     raise KaffeeError(f"{directory} has no {stem}.safetensors")
+
+
+class LazyTensors(Mapping):
+    """A model directory's tensors, each read from its (memory-mapped) file when asked for.
+
+    ``pop`` reads a tensor and forgets it, so a loader that converts weights one by one
+    (``FastGPT``) never holds the whole stored model besides its converted copy.
+    """
+
+    def __init__(self, directory: Path, files: list[Path]):
+        self._directory = directory
+        self._where: dict[str, Path] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                self._where.update(dict.fromkeys(handle.keys(), f))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            with safe_open(str(self._where[name]), framework="pt") as handle:
+                return handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise KaffeeError(f"{self._directory}: weights are corrupt or unreadable ({exc})") from exc
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def pop(self, name: str) -> torch.Tensor:
+        tensor = self[name]
+        del self._where[name]
+        return tensor
+
+
+def load_tensors(
+    directory: Path, stem: str = "model", lazy: bool = False
+) -> dict[str, torch.Tensor] | LazyTensors:
+    """All tensors of a model directory (``lazy``: a mapping that reads each when asked for)."""
+    files = _weight_files(directory, stem)
+    try:
+        if lazy:
+            return LazyTensors(directory, files)
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            out.update(load_file(str(f)))
+        return out
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise KaffeeError(f"{directory}: weights are corrupt or unreadable ({exc})") from exc
 
 
 def save_model_dir(
