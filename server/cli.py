@@ -1,4 +1,5 @@
-"""``kaffee serve`` (the language server) and ``kaffee complete FILE:LINE:COL`` (one-shot suggestions)."""
+"""``kaffee serve`` (the language server), ``kaffee complete FILE:LINE:COL`` (one-shot suggestions)
+and ``kaffee stats`` (the local acceptance statistics the server keeps)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def register(subparsers) -> None:
         "--engine-option", action="append", default=[], metavar="KEY=VALUE", help="set an EngineOptions field"
     )
     complete.set_defaults(func=cmd_complete)
+
+    stats = subparsers.add_parser(
+        "stats",
+        help="print how often suggestions were accepted, per day and per model",
+        description="Sum the local statistics file kaffee serve writes (turn it off with the "
+        "setting stats=false): suggestions shown and accepted, acceptance rate, characters "
+        "accepted and mean latency, per day and per model, for inline and list completions.",
+    )
+    stats.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="statistics file (default $XDG_STATE_HOME/kaffee/stats.jsonl, else ~/.local/state/kaffee/)",
+    )
+    stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+    stats.set_defaults(func=cmd_stats)
 
 
 def setup_logging(level: str, log_file: Path | None) -> None:
@@ -254,4 +271,24 @@ def cmd_complete(args: argparse.Namespace) -> int:
             print(f"  | {ln}")
     else:
         print("  (nothing to suggest)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from kaffee.server.stats import format_report, read_records, report, stats_path
+
+    path = args.file if args.file is not None else stats_path()
+    if path.is_dir():
+        raise KaffeeError(f"{path} is a directory, not a statistics file")
+    records, bad = read_records(path) if path.exists() else ([], 0)
+    rep = report(records)
+    if bad:
+        logging.getLogger(__name__).warning("%s: %d unreadable lines skipped", path, bad)
+    if args.json:
+        print(json.dumps({"file": str(path), **rep}, indent=2))
+    elif not records:
+        print(f"no statistics in {path} yet (kaffee serve writes them as suggestions are shown and accepted)")
+    else:
+        print(f"statistics from {path}")
+        print(format_report(rep), end="")
     return 0

@@ -6,6 +6,13 @@ positions, clamped). A newer request for a document supersedes an older one of t
 same kind, and ``$/cancelRequest`` stops work between decode steps. Reading, checking
 and answering malformed messages is ``server/transport.py``'s (the one adapter to
 pygls' internals), so no message takes the server down or goes unanswered.
+
+The server tells the client how it is doing: ``$/progress`` while the model loads and
+the workspace is indexed (when the client advertises ``window.workDoneProgress``), and a
+``kaffee/status`` notification (state, model, backend, device, last latency) on every
+change of state and at most every few seconds for the latency. Every suggestion carries
+the ``kaffee.accepted`` command; clients run it on accept, and ``server/stats.py`` counts
+it into the local statistics file (off with the ``stats`` setting).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,7 @@ from kaffee.server.engine import Completion, CompletionEngine, EngineOptions, To
 from kaffee.server.java_tokens import first_token, trailing_word
 from kaffee.server.memory import trim_heap
 from kaffee.server.settings import ServerSettings, parse_settings
+from kaffee.server.stats import StatsRecorder, stats_path
 from kaffee.server.transport import DocumentSyncProtocol
 from kaffee.server.workspace import SKIP_DIRS, ScanLimits, read_java_file, scan_java_files
 from lsprotocol import types
@@ -46,6 +55,61 @@ KIND = {
     "operator": types.CompletionItemKind.Operator,
     "separator": types.CompletionItemKind.Operator,
 }
+STATUS_METHOD = "kaffee/status"
+STATUS_INTERVAL_S = 3.0  # a latency-only status update waits at least this long after the last one
+ACCEPT_COMMAND = "kaffee.accepted"  # arguments: [offer id, feature, inserted characters]
+FALLBACK_MODEL = "n-gram fallback"  # the model name in the statistics for answers from the fallback
+
+
+class WorkProgress:
+    """One server-initiated ``$/progress`` (create, begin, report, end), through pygls' public API.
+
+    Nothing is sent before the client answered ``window/workDoneProgress/create``; an
+    ``end`` that comes first is sent right after the ``begin``. Safe from any thread.
+    """
+
+    def __init__(self, ls: KaffeeLanguageServer, title: str, message: str | None = None):
+        self._ls = ls
+        self._title = title
+        self._message = message
+        self._token = f"kaffee-{uuid.uuid4().hex[:12]}"
+        self._lock = threading.Lock()
+        self._created = False
+        self._ended: str | None = None  # the end message, once end() was called
+        self.enabled = ls.client_supports_progress()
+        if self.enabled:
+            ls.call_on_loop(self._create)
+
+    def _create(self) -> None:
+        try:
+            self._ls.work_done_progress.create(self._token, callback=self._on_created)
+        except Exception:
+            log.debug("could not create a progress token", exc_info=True)
+            self.enabled = False
+
+    def _on_created(self, *args: Any) -> None:
+        with self._lock:
+            self._created = True
+            ended = self._ended
+        progress = self._ls.work_done_progress
+        progress.begin(self._token, types.WorkDoneProgressBegin(title=self._title, message=self._message))
+        if ended is not None:
+            progress.end(self._token, types.WorkDoneProgressEnd(message=ended or None))
+
+    def report(self, message: str) -> None:
+        with self._lock:
+            ok = self.enabled and self._created and self._ended is None
+        if ok:
+            self._ls.work_done_progress.report(self._token, types.WorkDoneProgressReport(message=message))
+
+    def end(self, message: str = "") -> None:
+        with self._lock:
+            if not self.enabled or self._ended is not None:
+                return
+            self._ended = message
+            created = self._created
+        if created:
+            self._ls.work_done_progress.end(self._token, types.WorkDoneProgressEnd(message=message or None))
 
 
 @dataclass
@@ -92,6 +156,14 @@ class KaffeeLanguageServer(LanguageServer):
         self.shutting_down = False
         self._trimmed_at = 0  # engine.tokens_advanced at the last heap trim
         self._told_degraded = False  # the user was told that suggestions come from the n-gram fallback
+        self._loaded_key: tuple[str, str] | None = None  # the last _engine_key a load finished for
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = StatsRecorder(stats_path())
+        self._status_lock = threading.Lock()
+        self._status_sent: dict[str, Any] | None = None
+        self._status_sent_at = 0.0
+        self._status_timer: threading.Timer | None = None
+        self.last_latency_ms: float | None = None
 
     # -- errors ----------------------------------------------------------------------------------
     def report_server_error(self, error: Exception, source) -> None:
@@ -105,6 +177,7 @@ class KaffeeLanguageServer(LanguageServer):
         if degraded == self._told_degraded:
             return
         self._told_degraded = degraded
+        self.send_status()
         if degraded:
             reason = engine.stats.fallback_reason
             self.notify_user(f"{reason}; suggestions come from an n-gram model until the model works again")
@@ -118,6 +191,101 @@ class KaffeeLanguageServer(LanguageServer):
         except Exception:
             log.debug("could not show a message", exc_info=True)
 
+    # -- status and progress ---------------------------------------------------------------------
+    def call_on_loop(self, fn) -> None:
+        """Run ``fn`` on the event loop thread (pygls' requests are sent from there)."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
+
+    def client_supports_progress(self) -> bool:
+        try:
+            window = self.client_capabilities.window
+        except Exception:  # not initialized
+            return False
+        return bool(window is not None and window.work_done_progress)
+
+    def status(self) -> dict[str, Any]:
+        """The ``kaffee/status`` params: loading, ready, fallback, error or disabled, and what serves."""
+        engine = self.engine
+        model = self._engine_key[0] if self._engine_key else None
+        state, message, backend, device = "ready", None, None, self.settings.device
+        if engine is not None:
+            m = getattr(engine, "model", None)
+            if engine.degraded:
+                backend = "ngram"
+            elif m is not None:
+                q = getattr(m, "quantize", None)
+                backend = type(m).__name__ + (f" {q}" if q and q != "none" else "")
+            dev = getattr(m, "device", None) if m is not None and not engine.degraded else None
+            device = str(dev) if dev is not None else device
+        if not self.settings.enable:
+            state = "disabled"
+        elif self.engine_error is not None:
+            state, message = "error", self.engine_error
+        elif self._engine_key is not None and self._loaded_key != self._engine_key:
+            state = "loading"
+        elif engine is None:
+            state = "loading"
+        elif engine.degraded:
+            state, message = "fallback", engine.stats.fallback_reason
+        latency = round(self.last_latency_ms, 1) if self.last_latency_ms is not None else None
+        return {
+            "state": state,
+            "model": model,
+            "backend": backend,
+            "device": device,
+            "latencyMs": latency,
+            "message": message,
+        }
+
+    def send_status(self) -> None:
+        """Send ``kaffee/status`` now if anything but the latency changed, else at most every few seconds."""
+        if self.shutting_down:
+            return
+        with self._status_lock:
+            params = self.status()
+            sent = self._status_sent
+            if sent == params:
+                return
+            same_state = sent is not None and {**sent, "latencyMs": None} == {**params, "latencyMs": None}
+            wait = self._status_sent_at + STATUS_INTERVAL_S - time.monotonic()
+            if same_state and wait > 0:
+                if self._status_timer is None:  # one later update carries the newest latency
+                    self._status_timer = threading.Timer(wait, self._status_due)
+                    self._status_timer.daemon = True
+                    self._status_timer.start()
+                return
+            self._status_sent, self._status_sent_at = params, time.monotonic()
+        try:
+            self.protocol.notify(STATUS_METHOD, params)
+        except Exception:
+            log.debug("could not send the status", exc_info=True)
+
+    def _status_due(self) -> None:
+        with self._status_lock:
+            self._status_timer = None
+        self.send_status()
+
+    # -- statistics --------------------------------------------------------------------------------
+    def model_label(self) -> str:
+        engine = self.engine
+        if engine is not None and engine.degraded:
+            return FALLBACK_MODEL
+        return self._engine_key[0] if self._engine_key else "unknown"
+
+    def answered(self, feature: str, t0: float, offered_chars: int) -> str | None:
+        """Count an answer (latency since ``t0``); the id of the suggestion in it, for its command."""
+        self.last_latency_ms = (time.perf_counter() - t0) * 1000.0
+        self.send_status()
+        return self.stats.answered(feature, self.model_label(), self.last_latency_ms, offered_chars)
+
     # -- settings and the engine ---------------------------------------------------------------------
     def apply_settings(self, raw: Any, initial: bool = False) -> None:
         base = (
@@ -128,6 +296,10 @@ class KaffeeLanguageServer(LanguageServer):
             self.notify_user(p)
         turned_on = settings.workspace_context and not self.settings.workspace_context
         self.settings = settings
+        if settings.stats:
+            self.stats.enable()
+        else:
+            self.stats.disable()  # nothing counted is written any more
         cache = settings.workspace_context and self.cli_options.workspace_cache
         project = settings.workspace_context and self.cli_options.project_context
         self.engine_options = replace(
@@ -139,6 +311,7 @@ class KaffeeLanguageServer(LanguageServer):
             self.engine.options.project_context = project
         if not initial:
             self.load_engine()
+            self.send_status()  # enable may have changed
             if turned_on and self.engine is not None:
                 threading.Thread(
                     target=self._scan_workspace, args=(self.engine,), name="kaffee-scan", daemon=True
@@ -160,14 +333,26 @@ class KaffeeLanguageServer(LanguageServer):
         except KaffeeError as exc:
             self.engine_error = str(exc)
             self.notify_user(f"no model: {exc}", types.MessageType.Error)
+            self.send_status()
             return
         key = (str(path), self.settings.device)
         if key == self._engine_key:
             return
         self._engine_key = key
-        self._worker.submit(self._load, path, self.settings.device)
+        self.engine_error = None
+        self.send_status()  # loading
+        progress = WorkProgress(self, "Kaffee: loading the model", path.name)
+        self._worker.submit(self._load, path, self.settings.device, key, progress)
 
-    def _load(self, path: Path, device: str) -> None:
+    def _load(self, path: Path, device: str, key: tuple[str, str], progress: WorkProgress) -> None:
+        try:
+            self._load_engine(path, device)
+        finally:
+            self._loaded_key = key
+            progress.end("ready" if self.engine_error is None else "failed")
+            self.send_status()
+
+    def _load_engine(self, path: Path, device: str) -> None:
         t0 = time.perf_counter()
         try:
             engine = CompletionEngine.from_model_dir(path, replace(self.engine_options), device=device)
@@ -198,6 +383,7 @@ class KaffeeLanguageServer(LanguageServer):
             ).start()
 
     def _scan_workspace(self, engine: CompletionEngine) -> None:
+        progress = WorkProgress(self, "Kaffee: indexing the workspace", "scanning Java files")
         try:
             roots = []
             try:
@@ -213,8 +399,10 @@ class KaffeeLanguageServer(LanguageServer):
                     roots.append(Path(ws.root_path))
             t0 = time.perf_counter()
             files = scan_java_files(roots)
+            progress.report(f"indexing {len(files)} Java files")
             engine.set_workspace_files(files)
             engine.project.refresh(wait=True)  # index here, on the scan thread
+            progress.end(f"{len(files)} Java files indexed")
             log.info(
                 "workspace: %d Java files scanned and indexed in %.1f s (index about %.0f MB)",
                 len(files),
@@ -223,6 +411,8 @@ class KaffeeLanguageServer(LanguageServer):
             )
         except Exception:
             log.exception("scanning the workspace failed")
+        finally:
+            progress.end()  # a no-op after the end above
 
     # -- documents ---------------------------------------------------------------------------------
     def on_open(self, params: types.DidOpenTextDocumentParams) -> None:
@@ -391,6 +581,11 @@ def completion_items(
     return items
 
 
+def accept_command(offer: str, feature: str, chars: int) -> types.Command:
+    """What the client runs when the user takes a suggestion (a partial accept may send fewer chars)."""
+    return types.Command(title="Kaffee: accepted", command=ACCEPT_COMMAND, arguments=[offer, feature, chars])
+
+
 def prepare_params(method: str, params: Any) -> None:
     """Raw params, fixed before pygls types them: didChange positions outside LSP's range are clamped.
 
@@ -422,6 +617,7 @@ def build_server(
         enc = ls.workspace.position_encoding  # pygls sets the workspace up before this handler
         enc = getattr(enc, "value", enc)
         ls.encoding = enc if enc in ENCODINGS else "utf-16"
+        ls._loop = asyncio.get_running_loop()  # progress requests from other threads go through it
         ls.apply_settings(params.initialization_options, initial=True)
 
     @server.feature(types.INITIALIZED)
@@ -456,16 +652,31 @@ def build_server(
         ls.apply_settings(params.settings)
 
     @server.feature(types.SHUTDOWN)
-    def shutdown(ls: KaffeeLanguageServer, params: None) -> None:
+    async def shutdown(ls: KaffeeLanguageServer, params: None) -> None:
         ls.shutdown_work()
+        # the last counts, written on a thread before the answer (``exit`` may end the process at once)
+        await asyncio.get_running_loop().run_in_executor(None, ls.stats.flush)
+
+    @server.command(ACCEPT_COMMAND)
+    def accepted(ls: KaffeeLanguageServer, *args: Any) -> None:
+        """The client accepted (part of) a suggestion: ``[offer id, feature, inserted characters]``."""
+        offer = args[0] if args else None
+        chars = args[2] if len(args) > 2 else None
+        if not isinstance(offer, str):
+            log.debug("%s with arguments %.200r ignored", ACCEPT_COMMAND, args)
+            return
+        n = chars if isinstance(chars, int) and not isinstance(chars, bool) else 0
+        if not ls.stats.accepted(offer, max(0, n)):
+            log.debug("%s for an unknown suggestion %r ignored", ACCEPT_COMMAND, offer)
 
     @server.feature(
         types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=TRIGGER_CHARACTERS)
     )
     async def completion(ls: KaffeeLanguageServer, params: types.CompletionParams) -> types.CompletionList:
         cur = ls.cursor(params.text_document.uri, params.position)
-        if cur is None:
+        if cur is None or not ls.settings.enable:
             return types.CompletionList(is_incomplete=False, items=[])
+        t0 = time.perf_counter()
         deadline = ls.deadline()
 
         def job(cancel: threading.Event):
@@ -479,15 +690,21 @@ def build_server(
             return tokens, line
 
         tokens, line = await ls.run_model(cur.uri, "completion", job)
-        return types.CompletionList(is_incomplete=False, items=completion_items(cur, tokens, line))
+        items = completion_items(cur, tokens, line)
+        inserts = [len(i.text_edit.new_text) if isinstance(i.text_edit, types.TextEdit) else 0 for i in items]
+        offer = ls.answered("completion", t0, max(inserts, default=0))
+        for item, n in zip(items, inserts, strict=True) if offer is not None else ():
+            item.command = accept_command(offer, "completion", n)  # one offer for the whole list
+        return types.CompletionList(is_incomplete=False, items=items)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(
         ls: KaffeeLanguageServer, params: types.InlineCompletionParams
     ) -> types.InlineCompletionList:
         cur = ls.cursor(params.text_document.uri, params.position)
-        if cur is None:
+        if cur is None or not ls.settings.enable:
             return types.InlineCompletionList(items=[])
+        t0 = time.perf_counter()
         deadline = ls.deadline()
 
         def job(cancel: threading.Event) -> Completion | None:
@@ -497,10 +714,14 @@ def build_server(
             return engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel, document=cur.uri)
 
         result = await ls.run_model(cur.uri, "inline", job)
-        if result is None or not result.text:
+        text = result.text if result is not None else ""
+        offer = ls.answered("inline", t0, len(text))
+        if not text:
             return types.InlineCompletionList(items=[])
         item = types.InlineCompletionItem(
-            insert_text=result.text, range=types.Range(cur.position, cur.position)
+            insert_text=text,
+            range=types.Range(cur.position, cur.position),
+            command=accept_command(offer, "inline", len(text)) if offer is not None else None,
         )
         return types.InlineCompletionList(items=[item])
 
