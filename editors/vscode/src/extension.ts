@@ -7,6 +7,13 @@
  * advertises `inlineCompletionProvider`). This file only builds the command
  * line and the initialization options from the settings, and restarts or
  * re-configures the server when those settings change.
+ *
+ * The status-bar item shows the server's `kaffee/status` notifications (loading,
+ * ready, n-gram fallback, error, disabled); clicking it runs `kaffee.toggle`, which
+ * flips the `kaffee.enable` setting (sent to the server as `enable`). Accepting a
+ * suggestion runs its `kaffee.accepted` command, which vscode-languageclient
+ * forwards to the server (`workspace/executeCommand`) because the server lists it in
+ * `executeCommandProvider`: the server's local acceptance statistics.
  */
 import * as os from 'os';
 import * as path from 'path';
@@ -29,12 +36,28 @@ interface KaffeeOptions {
     deadlineMs?: number;
     workspaceContext?: boolean;
     device?: 'cpu' | 'cuda' | 'auto';
+    enable?: boolean;
+    stats?: boolean;
 }
+
+/** The params of the server's `kaffee/status` notification. */
+interface KaffeeStatus {
+    state: 'loading' | 'ready' | 'fallback' | 'error' | 'disabled';
+    model: string | null;
+    backend: string | null;
+    device: string | null;
+    latencyMs: number | null;
+    message: string | null;
+}
+
+const STATUS_NOTIFICATION = 'kaffee/status';
 
 /** Settings that change the server's command line: a change restarts the server. */
 const RESTART_SETTINGS = ['server.path', 'server.args', 'server.logLevel'];
 
 let client: LanguageClient | undefined;
+let statusItem: vscode.StatusBarItem | undefined;
+let lastStatus: KaffeeStatus | undefined;
 
 /** The value the user set (in any scope), or undefined when only the default applies. */
 function userValue<T>(config: vscode.WorkspaceConfiguration, key: string): T | undefined {
@@ -84,7 +107,70 @@ function serverOptionsFromSettings(): KaffeeOptions {
     if (device !== undefined) {
         options.device = device;
     }
+    options.enable = enabled();
+    const stats = userValue<boolean>(config, 'stats');
+    if (stats !== undefined) {
+        options.stats = stats;
+    }
     return options;
+}
+
+/** Suggestions on (`kaffee.enable`, flipped by the status-bar item). */
+function enabled(): boolean {
+    return vscode.workspace.getConfiguration(SECTION).get<boolean>('enable', true);
+}
+
+/** Flips `kaffee.enable` where its current value comes from (workspace folder, workspace or user). */
+async function toggle(): Promise<void> {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const inspected = config.inspect<boolean>('enable');
+    const target =
+        inspected?.workspaceFolderValue !== undefined
+            ? vscode.ConfigurationTarget.WorkspaceFolder
+            : inspected?.workspaceValue !== undefined
+              ? vscode.ConfigurationTarget.Workspace
+              : vscode.ConfigurationTarget.Global;
+    await config.update('enable', !enabled(), target);
+    showStatus(); // at once; the server's `disabled` / `ready` follows
+}
+
+const STATE_ICON: Record<KaffeeStatus['state'], string> = {
+    loading: '$(sync~spin)',
+    ready: '$(check)',
+    fallback: '$(warning)',
+    error: '$(error)',
+    disabled: '$(circle-slash)',
+};
+
+/** The status-bar item from the last `kaffee/status` (or the local toggle while none came yet). */
+function showStatus(status: KaffeeStatus | undefined = lastStatus): void {
+    if (statusItem === undefined) {
+        return;
+    }
+    const state = !enabled() ? 'disabled' : status?.state ?? 'loading';
+    const label = { loading: 'loading', ready: '', fallback: 'n-gram', error: 'error', disabled: 'off' }[state];
+    statusItem.text = `${STATE_ICON[state]} Kaffee${label ? ' ' + label : ''}`;
+    const lines = [`Kaffee: ${state}`];
+    if (status?.message) {
+        lines.push(status.message);
+    }
+    if (status?.model) {
+        lines.push(`model: ${status.model}`);
+    }
+    if (status?.backend || status?.device) {
+        lines.push(`backend: ${status.backend ?? '?'} on ${status.device ?? '?'}`);
+    }
+    if (status?.latencyMs !== null && status?.latencyMs !== undefined) {
+        lines.push(`last answer: ${Math.round(status.latencyMs)} ms`);
+    }
+    lines.push(enabled() ? 'Click to turn suggestions off' : 'Click to turn suggestions on');
+    statusItem.tooltip = lines.join('\n');
+    statusItem.backgroundColor =
+        state === 'error'
+            ? new vscode.ThemeColor('statusBarItem.errorBackground')
+            : state === 'fallback'
+              ? new vscode.ThemeColor('statusBarItem.warningBackground')
+              : undefined;
 }
 
 function executable(): { command: string; args: string[] } {
@@ -119,13 +205,33 @@ function createClient(channel: vscode.LogOutputChannel): LanguageClient {
         outputChannel: channel,
         middleware: {
             provideInlineCompletionItems: (document, position, context, token, next) =>
-                inlineEnabled() ? next(document, position, context, token) : undefined,
+                enabled() && inlineEnabled() ? next(document, position, context, token) : undefined,
         },
     };
-    return new LanguageClient('kaffee', 'Kaffee', serverOptions, clientOptions);
+    const created = new LanguageClient('kaffee', 'Kaffee', serverOptions, clientOptions);
+    created.onNotification(STATUS_NOTIFICATION, (status: KaffeeStatus) => {
+        lastStatus = status;
+        showStatus();
+    });
+    created.onDidChangeState((event) => {
+        if (event.newState === State.Stopped && client === created) {
+            lastStatus = {
+                state: 'error',
+                model: lastStatus?.model ?? null,
+                backend: null,
+                device: null,
+                latencyMs: null,
+                message: 'the language server is not running (Kaffee: Restart Language Server)',
+            };
+            showStatus();
+        }
+    });
+    return created;
 }
 
 async function start(channel: vscode.LogOutputChannel): Promise<void> {
+    lastStatus = undefined;
+    showStatus();
     client = createClient(channel);
     try {
         await client.start();
@@ -166,13 +272,23 @@ async function restart(channel: vscode.LogOutputChannel): Promise<void> {
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
     const channel = vscode.window.createOutputChannel('Kaffee', { log: true });
+    statusItem = vscode.window.createStatusBarItem('kaffee.status', vscode.StatusBarAlignment.Right, 100);
+    statusItem.name = 'Kaffee';
+    statusItem.command = 'kaffee.toggle';
+    showStatus();
+    statusItem.show();
     context.subscriptions.push(
         channel,
+        statusItem,
         vscode.commands.registerCommand('kaffee.restartServer', () => restart(channel)),
         vscode.commands.registerCommand('kaffee.showOutput', () => channel.show()),
+        vscode.commands.registerCommand('kaffee.toggle', toggle),
         vscode.workspace.onDidChangeConfiguration(async (event) => {
             if (!event.affectsConfiguration(SECTION)) {
                 return;
+            }
+            if (event.affectsConfiguration(`${SECTION}.enable`)) {
+                showStatus();
             }
             if (RESTART_SETTINGS.some((key) => event.affectsConfiguration(`${SECTION}.${key}`))) {
                 await restart(channel);
