@@ -382,7 +382,7 @@ local function request(bufnr)
     for _, item in ipairs(items) do
       local text = item_text(item, line, row, col, encoding)
       if text then
-        render({ bufnr = bufnr, row = row, col = col, tick = tick, text = text })
+        render({ bufnr = bufnr, row = row, col = col, tick = tick, text = text, command = item.command })
         return
       end
     end
@@ -451,6 +451,7 @@ function M.accept(kind)
     part = next_line(shown.text)
   end
   local rest = shown.text:sub(#part + 1)
+  M.report_accept(shown.command, vim.fn.strchars(part), bufnr)
   local lines = vim.split(part, "\n", { plain = true })
   vim.api.nvim_buf_set_text(bufnr, shown.row, shown.col, shown.row, shown.col, lines)
   local row = shown.row + #lines - 1
@@ -458,9 +459,26 @@ function M.accept(kind)
   vim.api.nvim_win_set_cursor(0, { row + 1, col })
   clear()
   if rest ~= "" and not rest:match("^%s*$") then
-    render({ bufnr = bufnr, row = row, col = col, tick = vim.api.nvim_buf_get_changedtick(bufnr), text = rest })
+    local tick = vim.api.nvim_buf_get_changedtick(bufnr)
+    render({ bufnr = bufnr, row = row, col = col, tick = tick, text = rest, command = shown.command })
   end
   return true
+end
+
+--- Runs a suggestion's `command` (the server's `kaffee.accepted`: local acceptance
+--- statistics) through workspace/executeCommand, telling it how many characters were
+--- inserted (fewer than offered for a word or line accept).
+function M.report_accept(command, chars, bufnr)
+  local client = M.get_client(bufnr)
+  if type(command) ~= "table" or type(command.command) ~= "string" or not client then
+    return
+  end
+  local args = vim.deepcopy(command.arguments or {})
+  if #args >= 3 then
+    args[3] = chars
+  end
+  local params = { command = command.command, arguments = args }
+  client_request(client, "workspace/executeCommand", params, function() end, bufnr)
 end
 
 --- Hides the shown suggestion. Returns false when nothing was shown.
@@ -591,6 +609,35 @@ local function make_on_attach(config)
   end
 end
 
+-- Status ---------------------------------------------------------------------------
+
+local STATUS_LABEL = { loading = "loading", ready = "", fallback = "n-gram", error = "error", disabled = "off" }
+
+--- The server's `kaffee/status`: the last params are kept for M.status(); a
+--- `User KaffeeStatus` autocommand lets a statusline plugin redraw.
+local function on_status(_, result, ctx)
+  if type(result) ~= "table" then
+    return
+  end
+  M.last_status = vim.tbl_extend("force", result, { client_id = ctx and ctx.client_id })
+  pcall(vim.api.nvim_exec_autocmds, "User", { pattern = "KaffeeStatus", modeline = false })
+end
+
+--- A short text for the statusline ("" before the server said anything), e.g.
+--- "Kaffee 42ms", "Kaffee loading", "Kaffee n-gram", "Kaffee error", "Kaffee off".
+--- `M.last_status` holds the full params (state, model, backend, device, latencyMs, message).
+function M.status()
+  local s = M.last_status
+  if type(s) ~= "table" or STATUS_LABEL[s.state] == nil then
+    return ""
+  end
+  local label = STATUS_LABEL[s.state]
+  if s.state == "ready" and type(s.latencyMs) == "number" then
+    label = ("%dms"):format(math.floor(s.latencyMs + 0.5))
+  end
+  return label == "" and "Kaffee" or ("Kaffee " .. label)
+end
+
 --- The client configuration shared by every Neovim version's start function.
 local function client_config(config, root_dir)
   return {
@@ -601,6 +648,7 @@ local function client_config(config, root_dir)
     -- Answers workspace/configuration for section "kaffee" with the same options.
     settings = { kaffee = build_init_options(config) },
     capabilities = build_capabilities(config),
+    handlers = { ["kaffee/status"] = on_status },
     on_attach = make_on_attach(config),
     on_exit = config.on_exit,
   }
