@@ -36,6 +36,7 @@ from kaffee.server.context import (
     window_start,
 )
 from kaffee.server.decode import Generation, Runner, Vocab, greedy, token_beam
+from kaffee.server.documents import sanitize_text
 from kaffee.server.fastgpt import QUANTIZE_MODES, FastGPT
 from kaffee.server.hints import MemberHints, member_table
 from kaffee.server.java_tokens import open_type_arguments, trailing_word
@@ -230,6 +231,7 @@ class CompletionEngine:
     # -- workspace context ----------------------------------------------------------------------
     def set_workspace_files(self, files: dict[str, str]) -> None:
         """Text of the project's files (key: path or URI), for the workspace cache and the fallback."""
+        files = {name: sanitize_text(text) for name, text in files.items()}
         self.cache.set_files(files)
         self.project.set_files(files)
         if self.options.workspace_cache or self.degraded:
@@ -239,6 +241,7 @@ class CompletionEngine:
 
     def update_document(self, uri: str, text: str) -> None:
         """The current text of an open document (cheap: the cache and the index update in the background)."""
+        text = sanitize_text(text)  # a lone surrogate must not reach the tokenizer from any caller
         self.cache.update(uri, text)
         self.project.update(uri, text)
 
@@ -248,7 +251,7 @@ class CompletionEngine:
 
     def workspace_file(self, uri: str, text: str) -> None:
         """A workspace file changed on disk (not open in the editor): re-index it."""
-        self.project.update(uri, text)
+        self.project.update(uri, sanitize_text(text))
         if self.options.project_context:
             self.project.refresh()
 
@@ -350,7 +353,6 @@ class CompletionEngine:
         not the session; ``degraded`` says how the last request was answered.
         """
         if self._primary is None:
-            self._use_fallback()
             return self._on_fallback(fn, empty)
         was = self.stats.fallback_reason
         if self.model is not self._primary:  # the last request fell back: try the model again
@@ -366,7 +368,6 @@ class CompletionEngine:
                 log.exception("the neural model failed; answering from an n-gram model until it works again")
             else:
                 log.warning("the neural model failed again (%s)", self.stats.fallback_reason)
-            self._use_fallback()
             return self._on_fallback(fn, empty)
         if was is not None:
             log.warning("the neural model works again")
@@ -374,6 +375,7 @@ class CompletionEngine:
 
     def _on_fallback(self, fn, empty):
         try:
+            self._use_fallback()  # inside: building the n-gram can fail on the same input
             return fn()
         except KaffeeError:
             raise

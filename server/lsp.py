@@ -417,9 +417,9 @@ class KaffeeLanguageServer(LanguageServer):
     # -- documents ---------------------------------------------------------------------------------
     def on_open(self, params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        self.documents.open(doc.uri, doc.text, doc.version)
+        opened = self.documents.open(doc.uri, doc.text, doc.version)
         if self.engine is not None:
-            self.engine.update_document(doc.uri, doc.text)
+            self.engine.update_document(doc.uri, opened.text)  # the sanitised text, as the store holds it
 
     def on_change(self, params: types.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri

@@ -160,3 +160,25 @@ def test_kaffee_complete_suggests_println_on_the_bundled_example(model_dir: Path
     assert Path(data["model"]).resolve() == model_dir.resolve() and not data["degraded"]
     assert data["tokens"][0]["text"] == "println", data["tokens"]
     assert data["completion"]["text"].startswith("println("), data["completion"]
+
+
+def test_a_lone_surrogate_in_another_file_breaks_nothing(model_dir: Path):
+    """Review finding: a bad file's text reached the project index raw, and every prompt that
+    retrieved a window of it raised in the tokenizer (and the fallback raised again)."""
+    from kaffee.server.engine import CompletionEngine
+
+    engine = CompletionEngine.from_model_dir(model_dir)
+    bad = (
+        "public class Account {\n    private int balance;\n    public void deposit(int amount) {\n"
+        '        balance += amount;\n        System.out.println("deposit \ud800" + amount);\n    }\n'
+        "    public int getBalance() { return balance; }\n}\n"
+    )
+    src = (
+        "public class Main {\n    public static void main(String[] args) {\n"
+        "        Account account = new Account();\n        account.deposit(5);\n        account."
+    )
+    engine.update_document("file:///ws/Account.java", bad)
+    engine.update_document("file:///ws/Main.java", src)
+    engine.settle()
+    ranked = [t.text for t in engine.next_tokens(src, "\n    }\n}\n", k=3, document="file:///ws/Main.java")]
+    assert "getBalance" in ranked and not engine.degraded
