@@ -86,6 +86,7 @@ def test_serve_refuses_a_remote_host_without_allow_remote() -> None:
     assert "--allow-remote" in kaffee("serve", "--help").stdout
 
 
+@pytest.mark.timeout(60)  # the readline below would block for ever if the warning went missing
 def test_serve_with_allow_remote_warns_that_tcp_has_no_authentication(tiny_model_dir: Path) -> None:
     from test_lsp_raw import _free_port
 
