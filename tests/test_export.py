@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model_dir
 from java_samples import SAMPLES
 from kaffee.cli import main
 from kaffee.errors import KaffeeError
@@ -40,6 +41,14 @@ def untied_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     out = tmp_path_factory.mktemp("models") / "untied"
     checkpoint.save_model_dir(out, model, tiny_tokenizer, "# untied test model\n")
     return out
+
+
+@pytest.fixture(scope="module")
+def lstm_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    # untrained: a refusal reads only config.json (the shared fixture spends minutes overfitting)
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("models") / "lstm", "lstm", tiny_tokenizer, train=False
+    )
 
 
 @pytest.fixture(scope="module", params=["tied", "untied"])
@@ -265,14 +274,14 @@ def test_gguf_without_the_package_names_the_extra(tiny_model_dir: Path, tmp_path
 
 
 @pytest.mark.parametrize("fmt", ["hf", "gguf"])
-def test_lstm_and_ngram_are_not_exportable(tiny_lstm_dir: Path, tiny_ngram_dir: Path, tmp_path, fmt) -> None:
-    for family, model_dir in (("lstm", tiny_lstm_dir), ("ngram", tiny_ngram_dir)):
+def test_lstm_and_ngram_are_not_exportable(lstm_dir: Path, tiny_ngram_dir: Path, tmp_path, fmt) -> None:
+    for family, model_dir in (("lstm", lstm_dir), ("ngram", tiny_ngram_dir)):
         with pytest.raises(KaffeeError, match=f"{family} model, which is not exportable to {fmt}"):
             export_model(model_dir, fmt, tmp_path / f"{family}.{fmt}")
         assert not (tmp_path / f"{family}.{fmt}").exists()
 
 
-def test_cli_exports_and_refuses_clearly(tiny_model_dir: Path, tiny_lstm_dir: Path, tmp_path, capsys) -> None:
+def test_cli_exports_and_refuses_clearly(tiny_model_dir: Path, lstm_dir: Path, tmp_path, capsys) -> None:
     hf_out, gguf_out = tmp_path / "hf", tmp_path / "m.gguf"
     assert main(["export", "--model", str(tiny_model_dir), "--format", "hf", "--out", str(hf_out)]) == 0
     assert (hf_out / "config.json").is_file() and (hf_out / "tokenizer.json").is_file()
@@ -295,9 +304,7 @@ def test_cli_exports_and_refuses_clearly(tiny_model_dir: Path, tiny_lstm_dir: Pa
     assert (other / "todo.txt").read_text() == "keep me"
     capsys.readouterr()
 
-    assert (
-        main(["export", "--model", str(tiny_lstm_dir), "--format", "gguf", "--out", str(tmp_path / "l")]) == 1
-    )
+    assert main(["export", "--model", str(lstm_dir), "--format", "gguf", "--out", str(tmp_path / "l")]) == 1
     assert "lstm model, which is not exportable to gguf" in capsys.readouterr().err
 
 
