@@ -288,14 +288,12 @@ class TokenCandidate:
     attached: bool  # it continues the word that ends at the cursor (text includes that word)
 
 
-def _classify(
-    after: str, lead: str, type_args: bool = False
-) -> tuple[TokenCandidate | None, bool, str | None]:
+def _classify(after: str, lead: str, type_depth: int = 0) -> tuple[TokenCandidate | None, bool, str | None]:
     """For the text generated after the cursor: (token, is it certainly finished, extension chars).
 
     token None means nothing but whitespace yet (or a comment, which is never suggested:
-    then finished is True). ``type_args``: the cursor is inside type arguments, where
-    ``>>`` is two tokens (JLS §3.2, as ``java_tokens.lex`` cuts them).
+    then finished is True). ``type_depth``: type arguments open at the cursor; a run of at
+    most that many ``>`` is that many tokens (JLS §3.2, as ``java_tokens.lex`` cuts them).
     """
     attached = bool(lead) and bool(after) and is_word_char(after[0])
     source = lead + after if attached else after
@@ -304,7 +302,7 @@ def _classify(
         return None, False, None
     if tok.kind == "comment":
         return None, True, None
-    if type_args and tok.kind == "operator" and set(tok.text) == {">"}:
+    if 0 < len(tok.text) <= type_depth and tok.kind == "operator" and set(tok.text) == {">"}:
         return TokenCandidate(">", attached), True, None
     cand = TokenCandidate(tok.text, attached)
     if has_more:
@@ -329,13 +327,13 @@ def token_beam(
     max_pieces: int = 6,
     deadline: float | None = None,
     cancel: threading.Event | None = None,
-    type_args: bool = False,
+    type_depth: int = 0,
 ) -> list[tuple[TokenCandidate, float]]:
     """Rank whole Java tokens at the cursor: a beam over sub-word pieces up to a token boundary.
 
     A token's probability is the mass of the paths that spell it and then end it: for a
     path whose text could end here, the mass of the next pieces that cannot extend it.
-    ``type_args``: the cursor is inside type arguments (``java_tokens.open_type_arguments``).
+    ``type_depth``: type arguments open at the cursor (``java_tokens.open_type_arguments``).
     """
     root = runner.sync(state, prompt.ids)
     heal = prompt.heal
@@ -364,7 +362,7 @@ def token_beam(
                 nb = _Beam(beam.ids + [tid], beam.logprob + lp_, beam.data + vocab.pieces[tid])
                 if len(nb.data) >= len(heal):
                     after = nb.data[len(heal) :].decode("utf-8", errors="ignore")
-                    cand, done, ext = _classify(after, lead, type_args)
+                    cand, done, ext = _classify(after, lead, type_depth)
                     if done:
                         if cand is not None:
                             add(cand, nb.logprob)

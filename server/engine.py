@@ -533,7 +533,7 @@ class CompletionEngine:
             max_pieces=self.options.token_max_pieces,
             deadline=deadline,
             cancel=cancel,
-            type_args=open_type_arguments(_statement_tail(prefix)) > 0,
+            type_depth=open_type_arguments(_statement_tail(prefix)),
         )
         return [TokenSuggestion(c.text, lp, c.attached) for c, lp in ranked]
 

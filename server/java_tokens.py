@@ -50,7 +50,7 @@ _LEXER = re.compile(
   | (?P<open_char>'(?:[^'\\\r\n]|\\.)*\\?)
   | (?P<number>0[xX][0-9a-fA-F_]*(?:\.[0-9a-fA-F_]*)?(?:[pP][+-]?\d*)?[fFdDlL]?|0[bB][01_]*[lL]?
         |(?:\d[\d_]*(?:\.(?!\.)[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d*)?[fFdDlL]?)
-  | (?P<nonsealed>non-sealed(?![\w$]))
+  | (?P<nonsealed>non-sealed(?=\s+(?:class|interface|abstract|static|strictfp|final|public|protected|private|@)))
   | (?P<word>(?:[^\W\d]|\$)[\w$]*)
   | (?P<operator>"""
     + "|".join(re.escape(op) for op in OPERATORS)
@@ -132,11 +132,11 @@ class TypeArguments:
         if self._opens(t):
             self.depth += 1
         elif self.depth and t.kind == "operator" and set(t.text) == {">"}:
-            n = min(len(t.text), self.depth)
-            self.depth -= n
-            head = [Lexeme("operator", ">", t.start + i) for i in range(n)]
-            rest = t.text[n:]
-            out = head + ([Lexeme("operator", rest, t.start + n)] if rest else [])
+            if len(t.text) > self.depth:  # more closers than openers: ``N < M >> 1`` is a shift
+                self.depth = 0
+            else:
+                self.depth -= len(t.text)
+                out = [Lexeme("operator", ">", t.start + i) for i in range(len(t.text))]
         elif self.depth and not (
             t.kind == "identifier" or t.text in _TYPE_PUNCT or (t.kind == "keyword" and t.text in _TYPE_WORDS)
         ):

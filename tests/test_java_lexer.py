@@ -41,6 +41,8 @@ class Generics<K extends Comparable<? super K>, V> {
         boolean lt = a < b, gt = a > b;
         if (a < b && b > c) { x = a << 1; }
         List<String> empty = Collections.<String>emptyList();
+        int n = N < M >> 1 ? MIN < Integer.SIZE >>> 1 ? 1 : 2 : 3;
+        boolean nonSealed = non-sealed > 0;
         return written(a) < attempted(b) >> 1 ? x : y;
     }
 
@@ -54,6 +56,8 @@ class Generics<K extends Comparable<? super K>, V> {
     Runnable r = () -> System.out.println(this::toString);
     int attempted(int b) { return b; }
     int written(int a) { return a; }
+    static final int N = 1, M = 2, MIN = 3;
+    int non = 1, sealed = 2;
 }
 """
 
@@ -139,9 +143,11 @@ def test_open_type_arguments(prefix: str, depth: int) -> None:
 
 def test_engine_cuts_nested_generic_closers_as_the_evaluation_does() -> None:
     """At ``Map<String, List<Integer`` the model's ``>>`` piece stands for the token ``>``."""
-    cand, finished, _ = _classify(">>();", "", type_args=True)
+    cand, finished, _ = _classify(">>();", "", type_depth=2)
     assert cand is not None and cand.text == ">" and finished
-    cand, finished, _ = _classify(">> 2;", "", type_args=False)
+    cand, finished, _ = _classify(">> 2;", "", type_depth=0)
+    assert cand is not None and cand.text == ">>" and finished
+    cand, finished, _ = _classify(">> 1;", "", type_depth=1)  # N < M >> 1: more closers than openers
     assert cand is not None and cand.text == ">>" and finished
     prefix = "Map<String, List<Integer"
     target = [t for t in eval_lex(prefix + ">> m;") if t.start == len(prefix)][0]
