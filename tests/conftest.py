@@ -82,3 +82,9 @@ def tiny_lstm_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ngram_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "ngram", "ngram", tiny_tokenizer)
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory, monkeypatch) -> None:
+    """Servers started by tests write acceptance statistics under a temporary state dir, never ~."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
