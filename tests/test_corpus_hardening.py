@@ -4,12 +4,15 @@ unsafe archive names, bad arguments rejected before any work."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,40 +42,87 @@ def _tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*") if p.is_file()}
 
 
-def _in_child_killed_at(step: int, when: str, run: Callable[[], None], no_exchange: bool) -> bool:
-    """Run ``run`` in a forked child that dies (os._exit, no cleanup) before/after its ``step``-th filesystem
-    primitive (rename, replace, exchange, rmtree, mkdtemp); True when the child finished without reaching it."""
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            calls = [0]
+def _install_kill(step: int, when: str, no_exchange: bool) -> None:
+    """In this (forked) process, os._exit(9) before/after the ``step``-th filesystem primitive (rename,
+    replace, exchange, rmtree, mkdtemp): no cleanup, as after a SIGKILL."""
+    calls = [0]
 
-            def killing(fn: Callable) -> Callable:
-                def wrapper(*a, **kw):
-                    calls[0] += 1
-                    if calls[0] == step and when == "before":
-                        os._exit(9)
-                    result = fn(*a, **kw)
-                    if calls[0] == step and when == "after":
-                        os._exit(9)
-                    return result
+    def killing(fn: Callable) -> Callable:
+        def wrapper(*a, **kw):
+            calls[0] += 1
+            if calls[0] == step and when == "before":
+                os._exit(9)
+            result = fn(*a, **kw)
+            if calls[0] == step and when == "after":
+                os._exit(9)
+            return result
 
-                return wrapper
+        return wrapper
 
-            exchange = (lambda a, b: False) if no_exchange else atomic_dir._exchange
-            atomic_dir._exchange = killing(exchange)
-            os.rename = killing(os.rename)
-            os.replace = killing(os.replace)
-            shutil.rmtree = killing(shutil.rmtree)
-            tempfile.mkdtemp = killing(tempfile.mkdtemp)
-            run()
-            os._exit(0)
-        except BaseException:
-            os._exit(3)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    assert code in (0, 9), f"child failed with {code}"
-    return code == 0
+    exchange = (lambda a, b: False) if no_exchange else atomic_dir._exchange
+    atomic_dir._exchange = killing(exchange)
+    os.rename = killing(os.rename)
+    os.replace = killing(os.replace)
+    shutil.rmtree = killing(shutil.rmtree)
+    tempfile.mkdtemp = killing(tempfile.mkdtemp)
+
+
+def _run_case(case: dict) -> None:
+    """A forked child: set up the kill, run the case, exit 0 if it finished (9 when killed, 3 on an error)."""
+    try:
+        _install_kill(case["step"], case["when"], case["no_exchange"])
+        if case["what"] == "write_new":
+            _write_new(Path(case["final"]))
+        else:
+            build(config([case["src"]], Path(case["final"]), force=True))
+        os._exit(0)
+    except BaseException:
+        os._exit(3)
+
+
+def kill_runs_main() -> None:
+    """Entry point of a fresh interpreter: cases (JSON) on stdin, their exit codes on stdout.
+
+    Each case gets its starting state, then runs in a child forked from this process, which has no
+    threads yet (forking pytest's own process, with torch and thread pools loaded, can deadlock the
+    child). Stops after the first case that finishes; a child that hangs is killed (exit code 124).
+    """
+    codes = []
+    for case in json.loads(sys.stdin.read()):
+        final = Path(case["final"])
+        if case.get("copy_from"):
+            shutil.copytree(case["copy_from"], final)
+        else:
+            _write_tree(final, OLD)
+        pid = os.fork()
+        if pid == 0:
+            _run_case(case)
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            codes.append(124)
+            break
+        codes.append(os.waitstatus_to_exitcode(done[1]))
+        if codes[-1] != 9:
+            break
+    print(json.dumps(codes))
+
+
+CHILD_TIMEOUT_S = 60
+
+
+def _killed_runs(cases: list[dict]) -> list[int]:
+    """Run ``cases`` (see kill_runs_main) in a fresh interpreter; their exit codes, in order."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_corpus_hardening as t; t.kill_runs_main()"
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(cases), capture_output=True, text=True,
+                       timeout=240, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    codes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(c in (0, 9) for c in codes), f"a child failed: {codes}"
+    return codes
 
 
 def _write_new(final: Path) -> None:
@@ -81,31 +131,27 @@ def _write_new(final: Path) -> None:
     replace_dir(tmp, final)
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("no_exchange", [False, True], ids=["exchange", "two-renames"])
 def test_replace_dir_killed_at_every_step(tmp_path: Path, no_exchange: bool) -> None:
+    cases = [{"what": "write_new", "step": step, "when": when, "no_exchange": no_exchange,
+              "final": str(tmp_path / f"{step}-{when}" / "out")}
+             for step in range(1, 20) for when in ("before", "after")]  # fmt: skip
+    codes = _killed_runs(cases)
+    assert codes[-1] == 0, "replace_dir never finished"
     seen = set()
-    for step in range(1, 20):
-        for when in ("before", "after"):
-            root = tmp_path / f"{step}-{when}"
-            final = root / "out"
-            _write_tree(final, OLD)
-            finished = _in_child_killed_at(step, when, lambda f=final: _write_new(f), no_exchange)
-            if not no_exchange:  # with the atomic exchange, final is complete at every instant
-                assert _tree(final) in (OLD, NEW), (step, when)
-            recover_dir(final)
-            after = _tree(final)
-            assert after in (OLD, NEW), (step, when)
-            assert os.listdir(root) == ["out"], (step, when)  # no leftovers
-            seen.add("new" if after == NEW else "old")
-            if finished:
-                assert after == NEW
-                break
-        else:
-            continue
-        break
-    else:
-        pytest.fail("replace_dir never finished")
-    assert seen == {"old", "new"} and step >= 3
+    for case, code in zip(cases, codes, strict=False):
+        final, where = Path(case["final"]), (case["step"], case["when"])
+        if not no_exchange:  # with the atomic exchange, final is complete at every instant
+            assert _tree(final) in (OLD, NEW), where
+        recover_dir(final)
+        after = _tree(final)
+        assert after in (OLD, NEW), where
+        assert os.listdir(final.parent) == ["out"], where  # no leftovers
+        seen.add("new" if after == NEW else "old")
+        if code == 0:
+            assert after == NEW
+    assert seen == {"old", "new"} and cases[len(codes) - 1]["step"] >= 3
 
 
 def test_replace_dir_into_missing_final_and_recover_keeps_live_writers(tmp_path: Path) -> None:
@@ -130,39 +176,36 @@ def test_recover_restores_old_dir_left_by_a_kill(tmp_path: Path) -> None:
 
 
 def _dead_pid() -> int:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # not os.fork(): pytest's process has threads
+    proc.wait(timeout=60)
+    return proc.pid
 
 
 # ------------------------------------------------------------------ corpus build killed while writing
 
 
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("no_exchange", [False, True], ids=["exchange", "two-renames"])
 def test_corpus_build_killed_at_every_rename(tmp_path: Path, no_exchange: bool) -> None:
     src = write_project(tmp_path, "p", 3, seed=3)
     first = tmp_path / "first"
     build(config([src], first))
     (src / "Extra.java").write_text(make_java(99))
+    cases = [{"what": "build", "step": step, "when": "after", "no_exchange": no_exchange, "src": str(src),
+              "copy_from": str(first), "final": str(tmp_path / f"k{step}" / "out")} for step in range(1, 40)]  # fmt: skip
+    codes = _killed_runs(cases)
     outcomes = []
-    for step in range(1, 40):
-        work = tmp_path / f"k{step}"
-        work.mkdir()
-        out = work / "out"
-        shutil.copytree(first, out)
+    for case in cases[: len(codes)]:
+        out, step = Path(case["final"]), case["step"]
         cfg = config([src], out, force=True)
-        finished = _in_child_killed_at(step, "after", lambda c=cfg: build(c), no_exchange)
         if not no_exchange:
             assert load_corpus(out).num_rows in (3, 4), step
         corpus._check_out(cfg)  # what the next build does first
         rows = load_corpus(out).num_rows
         assert rows in (3, 4) and load_stats(out)["files_kept"] == rows, step
-        assert os.listdir(work) == ["out"], step
+        assert os.listdir(out.parent) == ["out"], step
         outcomes.append(rows)
-        if finished:
-            break
+    assert codes[-1] == 0, "the build never finished"
     assert outcomes[0] == 3 and outcomes[-1] == 4 and len(outcomes) >= 3
 
 
