@@ -181,6 +181,39 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def test_leftovers_with_our_own_pid_but_no_lock_are_cleaned(tmp_path: Path) -> None:
+    """In a container the PID recurs (PID 1 under docker): a killed run's leftovers carry the PID of the
+    run that recovers them. No live process holds their lock, so they are cleaned, and the old one restored."""
+    me = os.getpid()
+    _write_tree(tmp_path / f".out.old-{me}", OLD)
+    _write_tree(tmp_path / f".out.tmp-{me}-k1ll3d", {"half": "written"})
+    _write_tree(tmp_path / f".out.trash-{me}-x9/d", {"half": "deleted"})
+    done = recover_dir(tmp_path / "out")
+    assert _tree(tmp_path / "out") == OLD and len(done) == 3, done
+    assert os.listdir(tmp_path) == ["out"]
+    _write_tree(tmp_path / f".out.old-{me}", NEW)  # final exists: an old leftover is deleted, not restored
+    assert recover_dir(tmp_path / "out") == [f"removed .out.old-{me}"]
+    assert _tree(tmp_path / "out") == OLD and os.listdir(tmp_path) == ["out"]
+
+
+@pytest.mark.timeout(120)
+def test_leftover_locked_by_a_live_process_is_kept(tmp_path: Path) -> None:
+    """A dead PID in the name does not matter either: a live writer holding the lock keeps its directory."""
+    tmp = tmp_path / f".out.tmp-{_dead_pid()}-live"
+    _write_tree(tmp, {"being": "written"})
+    hold = "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_SH); print(1, flush=True); sys.stdin.read()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout.readline().strip() == b"1"
+        assert recover_dir(tmp_path / "out") == [] and _tree(tmp) == {"being": "written"}
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert recover_dir(tmp_path / "out") == [f"removed {tmp.name}"] and os.listdir(tmp_path) == []
+
+
 # ------------------------------------------------------------------ corpus build killed while writing
 
 
