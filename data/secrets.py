@@ -4,7 +4,9 @@ Well-tested patterns in the style of gitleaks / detect-secrets (which is too slo
 at corpus scale): private key blocks, cloud and SaaS tokens, JWTs, credentials in URLs and
 connection strings (``?password=``, ``;Password=``, Oracle ``user/pass@``), ``Authorization``
 header values, string literals given to credential APIs (``getConnection(url, "u", "p")``,
-``new BasicAWSCredentials("id", "secret")``), and string literals assigned to suspicious
+``new BasicAWSCredentials("id", "secret")``, ``ftp.login``, JavaMail ``connect``, KeyStore
+``"pw".toCharArray()``, ``new SecretKeySpec("key".getBytes(), ...)``, ``signWith``), Spring
+``${db.password:default}``, ``password: value`` in comments, and string literals assigned to suspicious
 names (password, secret, api key, token, ...), passphrases with spaces included.
 A secret is replaced *inside its literal* by :data:`PLACEHOLDER`, so the code stays valid
 Java. :func:`scrub` returns the new text and a count per kind (stats.json ``secrets``).
@@ -40,7 +42,7 @@ TOKEN_PATTERNS: dict[str, re.Pattern[str]] = {
     "slack_webhook": re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+"),
     "stripe_key": re.compile(r"(?<![\w])(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{20,}"),
     "jwt": re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    "url_password": re.compile(r"://[^\s:/@\"'$]{1,64}:(?P<s>[^\s/@\"'$]{3,128})@"),
+    "url_password": re.compile(r"://[^\s:/@\"'$]{0,64}:(?P<s>[^\s/@\"'$]{3,128})@"),
     "npm_token": re.compile(r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])"),
     "twilio_key": re.compile(r"[\"'=:/\s](?P<s>(?:SK|AC)[0-9a-f]{32})(?![\w-])"),  # a leading set scans fast
     "sendgrid_key": re.compile(r"(?<![\w-])SG\.[\w-]{22}\.[\w-]{43}(?![\w-])"),
@@ -49,6 +51,10 @@ TOKEN_PATTERNS: dict[str, re.Pattern[str]] = {
     "openai_key": re.compile(r"(?<![\w-])sk-(?:(?:proj|svcacct|admin)-[\w-]{20,}|[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})"),
     "gcp_oauth_secret": re.compile(r"(?<![\w-])GOCSPX-[\w-]{28}"),
     "shopify_token": re.compile(r"(?<![\w-])shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"),
+    # gitleaks huggingface-access-token / -organization-api-token: hf_ or api_org_ and 34 letters
+    "huggingface_token": re.compile(r"(?<![\w-])(?:hf|api_org)_[A-Za-z0-9]{34}(?![\w-])"),
+    # gitleaks anthropic-api-key / anthropic-admin-api-key: sk-ant-api03-<93>AA (any length here)
+    "anthropic_key": re.compile(r"(?<![\w-])sk-ant-(?:api|admin|oat)\d\d-[\w-]{20,}"),
     # the value of an Authorization header in a string literal: "Bearer <token>" (>= 16 chars, a digit)
     "bearer_token": re.compile(r"\"(?:Authorization:\s*)?Bearer\s+(?P<s>(?=[\w.~+/-]*\d)[\w.~+/-]{16,}=*)"),
 }  # fmt: skip
@@ -83,6 +89,8 @@ PREFILTER: dict[str, tuple[str, ...]] = {
     "openai_key": ("sk-",),
     "gcp_oauth_secret": ("GOCSPX-",),
     "shopify_token": ("shpat_", "shpca_", "shppa_", "shpss_"),
+    "huggingface_token": ("hf_", "api_org_"),
+    "anthropic_key": ("sk-ant-",),
     "bearer_token": ("Bearer",),
 }
 
@@ -96,14 +104,22 @@ LOWER_PATTERNS: dict[str, re.Pattern[str]] = {
     ),
     "oracle_password": re.compile(r"jdbc:oracle:\w+:[^/@\s\"':]+/(?P<s>[^@\s\"']+)@"),
     # JSON inside a Java string: \"password\":\"value\"
-    "json_password": re.compile(r"(?:pass(?:word|wd|phrase)?|pwd|secret|api_?key|token)\\\"\s*:\s*\\\"(?P<s>[^\"\\\n]{3,300})\\\""),
+    "json_password": re.compile(r"(?:pass(?:word|wd|phrase)?|pwd|secret|api_?key|token|private_key(?:_id)?)\\\"\s*:\s*\\\"(?P<s>[^\"\\\n]{3,300})\\\""),
     "basic_auth": re.compile(r"basic(?<![\w-]basic)\s+(?P<s>[a-z0-9+/]{8,}={0,2})(?![\w+/=-])"),
+    # a Spring property's default value: @Value("${db.password:Sup3rS3cret!}")
+    "spring_default": re.compile(r"\$\{[\w.-]*(?:pass(?:word|wd|phrase)?|pwd|secret|api[_-]?key|token|credentials?)"
+                                 r"[\w.-]*:(?P<s>[^}\s\"'$]{3,300})\}"),
+    # key: value or key=value in a comment (checked after): // password: S3cret99, /* db.password=S3cret99 */
+    "comment_password": re.compile(r"(?:pass(?:word|wd|phrase)?|pwd|secret|api[_-]?key|token)\s*[:=]\s*"
+                                   r"(?P<s>[^\s\"'`<>(){}\[\];,]{6,128})"),
 }  # fmt: skip
 LOWER_PREFILTER: dict[str, tuple[str, ...]] = {
     "conn_string_password": ("pass", "pwd", "accountkey", "sharedaccesskey"),
     "oracle_password": ("jdbc:oracle:",),
     "json_password": ('\\"',),
     "basic_auth": ("basic ",),
+    "spring_default": ("${",),
+    "comment_password": ("//", "/*", "* "),
 }
 
 # String literals handed to credential APIs; the secret is an argument given by position.
@@ -111,10 +127,28 @@ CREDENTIAL_CALL = re.compile(
     r"(?:(?<![\w$])(?:getConnection|PasswordAuthentication|UsernamePasswordCredentials|NTCredentials"
     r"|UsernamePasswordAuthenticationToken|BasicAWSCredentials|BasicSessionCredentials"
     r"|AwsBasicCredentials\.create|AwsSessionCredentials\.create|Twilio\.init|basicAuth"
-    r"|withBasicAuth|setBasicAuth)|\.basic)\s*\("
+    r"|withBasicAuth|setBasicAuth"
+    r"|SecretKeySpec|signWith|setSigningKey|signingKey|hmacShaKeyFor|Algorithm\.HMAC(?:256|384|512))"  # keys
+    r"|\.(?:basic|login|connect|auth|getKey|load|store|setKeyEntry|init)"  # FTP, JavaMail, Redis, KeyStore
+    r"|(?<![\w$])(?:PasswordProtection|PBEKeySpec))\s*\("
 )
 _CREDENTIAL_CALL_LITERALS = ("getConnection", "PasswordAuthentication", "Credentials", "AuthenticationToken",
-                             "Twilio.init", ".basic", "asicAuth")  # fmt: skip
+                             "Twilio.init", ".basic", "asicAuth", "SecretKeySpec", "signWith", "igningKey",
+                             "hmacShaKeyFor", "HMAC", ".login", ".connect", ".auth", "toCharArray")  # fmt: skip
+# where the secret is: the last argument, or any argument; None: by the number of arguments (getConnection)
+_LAST, _ANY = -1, -2
+_KEY_CALLS = ("SecretKeySpec", "signWith", "setSigningKey", "signingKey", "hmacShaKeyFor", "Algorithm.HMAC")
+# KeyStore.load(in, "pw".toCharArray()), ks.getKey("alias", "pw".toCharArray()), kmf.init(ks, "pw".toCharArray()):
+# generic names, so only a literal turned into a char[] counts
+_CHAR_ARRAY_CALLS = (
+    ".getKey",
+    ".load",
+    ".store",
+    ".setKeyEntry",
+    ".init",
+    "PasswordProtection",
+    "PBEKeySpec",
+)
 _STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 
 # A string literal given to a name that ends in a suspicious word: password = "v", dbPassword: "v",
@@ -203,15 +237,27 @@ def _is_benign(value: str, passphrase_ok: bool = False) -> bool:
     return bool(_PATH_LIKE.match(value)) and not (randomish and any(c.isdigit() for c in value))
 
 
-def _accept(kind: str, value: str, before: str) -> bool:
+def _in_comment(line: str) -> bool:
+    """Whether the start of a line (up to a match) is inside a // or /* */ comment."""
+    stripped = line.lstrip()
+    return "//" in line or stripped.startswith(("*", "/*"))
+
+
+def _accept(kind: str, value: str, before: str, line: str = "") -> bool:
     """Whether a value found by a LOWER_PATTERNS rule is a secret (not a placeholder, code or text);
-    ``before``: the two characters before the match."""
+    ``before``: the two characters before the match; ``line``: its line up to the match."""
     if not value or PLACEHOLDER in value or _PLACEHOLDER_LIKE.search(value) or value.lower() in _BENIGN_WORDS:
         return False
     if kind == "conn_string_password":  # a key of ?k=v&k=v or k=v;k=v, and not code like `x;pass=next();`
         return (before[-1:] in ("?", "&", ";", '"') or before in ("; ", "& ")) and "(" not in value
     if kind == "json_password":
         return not _is_benign(value, passphrase_ok=True)
+    if kind == "spring_default":
+        return not _is_benign(value)
+    if kind == "comment_password":  # prose says "password: the user's password"; a password has digits
+        return (before[-1:] in ("", " ", "\t", ".", "_", "-", "*", "/") and _in_comment(line)
+                and sum(c.isdigit() for c in value) >= 2 and sum(c.isalpha() for c in value) >= 2
+                and value[-1] not in ".:!?" and not _is_benign(value))  # fmt: skip
     if kind == "basic_auth":  # base64 of "user:password", or it is just the word "Basic" in prose
         try:
             decoded = base64.b64decode(value, validate=True).decode("ascii")
@@ -255,23 +301,56 @@ def _credential_arguments(text: str) -> list[tuple[int, int, str]]:
         if not args:
             continue
         name = m.group(0)
+        char_array = name.startswith(_CHAR_ARRAY_CALLS)
         if name.startswith("getConnection"):  # (url, user, password) or DataSource's (user, password)
             positions: tuple[int, ...] = (len(args) - 1,) if len(args) in (2, 3) else ()
         elif name.startswith("NTCredentials"):  # (user, password, workstation, domain)
             positions = (1,)
+        elif name.startswith((".login", ".auth")):  # FTPClient.login(user, pw), Jedis.auth([user,] pw)
+            positions = (len(args) - 1,) if len(args) <= 2 and not _anonymous(text, args) else ()
+        elif name.startswith(".connect"):  # JavaMail Transport/Store.connect([host, [port,]] user, pw)
+            positions = (len(args) - 1,) if 2 <= len(args) <= 4 and _all_literals(text, args[-2:]) else ()
+        elif name.startswith("signWith") or char_array:  # signWith(HS256, "k"), signWith("k", HS256)
+            positions = tuple(range(len(args)))
+        elif name.startswith(_KEY_CALLS):  # new SecretKeySpec("k".getBytes(), "AES"): the key comes first
+            positions = (0,)
         else:  # (user or key id, password or secret[, session token])
             positions = (1, 2)
         for i in positions:
             if i >= len(args):
                 continue
             a_start, a_end = args[i]
-            lit = _STRING.match(text, a_start + len(text[a_start:a_end]) - len(text[a_start:a_end].lstrip()))
-            if not lit or not re.fullmatch(r"\s*(?:\.\w+\(\))?\s*", text[lit.end() : a_end]):
+            lit = _literal(text, a_start, a_end)
+            if not lit:
                 continue  # not a plain literal (a variable, a call, a concatenation)
+            if char_array and not text.startswith(".toCharArray()", lit.end()):
+                continue
             value = text[lit.start() + 1 : lit.end() - 1]
+            if name.startswith(_KEY_CALLS) and (i > 0 or len(args) > 1) and _ALGORITHM.fullmatch(value):
+                continue  # new SecretKeySpec(bytes, "AES"), signWith(key, "HS256")
             if value and PLACEHOLDER not in value and not _PLACEHOLDER_LIKE.search(value):
                 spans.append((lit.start() + 1, lit.end() - 1, "credential_argument"))
     return spans
+
+
+_LITERAL_TAIL = re.compile(r"\s*(?:\.(?:\w+)\([\w.]*\))?\s*")  # "pw", "pw".toCharArray(), "k".getBytes(UTF_8)
+_ALGORITHM = re.compile(r"(?i)AES|DES(?:ede)?|RC[24]|Blowfish|Hmac\w+|HS\d{3}|PBKDF2\w*|ChaCha20")
+
+
+def _literal(text: str, a_start: int, a_end: int) -> re.Match[str] | None:
+    """The string literal that is the whole argument text[a_start:a_end] (a call on it allowed), or None."""
+    lit = _STRING.match(text, a_start + len(text[a_start:a_end]) - len(text[a_start:a_end].lstrip()))
+    return lit if lit and _LITERAL_TAIL.fullmatch(text, lit.end(), a_end) else None
+
+
+def _anonymous(text: str, args: list[tuple[int, int]]) -> bool:
+    """login("anonymous", "me@host"): anonymous FTP, whose password is an e-mail address by convention."""
+    lit = _literal(text, *args[0]) if len(args) == 2 else None
+    return bool(lit) and text[lit.start() + 1 : lit.end() - 1].lower() in ("anonymous", "ftp")
+
+
+def _all_literals(text: str, args: list[tuple[int, int]]) -> bool:
+    return all(_literal(text, a, b) for a, b in args)
 
 
 def _named_strings(text: str, lower: str, cfg: SecretsConfig) -> list[tuple[int, int, str]]:
@@ -347,7 +426,8 @@ def scrub(text: str, cfg: SecretsConfig | None = None) -> tuple[str, Counter[str
     for kind, pattern in LOWER_PATTERNS.items():
         if any(lit in lower for lit in LOWER_PREFILTER[kind]):
             spans += [(m.start("s"), m.end("s"), kind) for m in pattern.finditer(lower)
-                      if _accept(kind, text[m.start("s") : m.end("s")], lower[max(0, m.start() - 2) : m.start()])]  # fmt: skip
+                      if _accept(kind, text[m.start("s") : m.end("s")], lower[max(0, m.start() - 2) : m.start()],
+                                 lower[lower.rfind("\n", 0, m.start()) + 1 : m.start()])]  # fmt: skip
     if any(lit in text for lit in _CREDENTIAL_CALL_LITERALS):
         spans += _credential_arguments(text)
     if any(w in lower for w in _WORD_LITERALS):

@@ -3,7 +3,10 @@
 The planted set (tests/fixtures/secrets_planted.jsonl) covers every family the scrubber knows,
 including the ten that leaked before: JDBC query and ';'-separated passwords, Oracle
 user/pass@host, getConnection literals, passphrases with spaces, Authorization Basic/Bearer
-values, npm and Twilio tokens, an AWS secret passed positionally. bench/secrets.py measures
+values, npm and Twilio tokens, an AWS secret passed positionally; and those a review found after:
+redis://:pw@ (no user), Spring ${key:default}, passwords in comments, KeyStore "pw".toCharArray(),
+FTP login / JavaMail connect, Hugging Face and Anthropic tokens, SecretKeySpec / signWith keys,
+"private_key_id" in JSON. bench/secrets.py measures
 the same recall plus replacements per MB on real code.
 """
 
