@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from kaffee.evaluation.harness import load_held_out
+from kaffee.models.checkpoint import load_model
+from kaffee.models.ngram import NgramCounts
 from kaffee.server.java_tokens import lex
-from kaffee.training.checkpoint import load_model
-from kaffee.training.ngram import NgramCounts
 
 CACHE_TOKENS = 400_000  # as CacheConfig.max_tokens
 

@@ -27,7 +27,7 @@ pack() {
   $PY - "$WORK" <<'PYEOF' || true
 import sys, torch
 from pathlib import Path
-from kaffee.training import checkpoint
+from kaffee.models import checkpoint
 work = Path(sys.argv[1])
 for name in ("gpt", "lstm"):
     try:

@@ -14,7 +14,7 @@ import json
 import time
 
 import torch
-from kaffee.training import families
+from kaffee.models import families
 from kaffee.training.trainer import TrainConfig, lm_loss, make_optimizer
 
 # Dense bf16 peak FLOP/s from the vendors' datasheets (no sparsity).
@@ -28,7 +28,9 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def measure(family: str, preset: str, vocab: int, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
+def measure(
+    family: str, preset: str, vocab: int, batch: int, steps: int, warmup: int, compile_: bool
+) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = families.make_config(family, preset, vocab)
     torch.manual_seed(0)
@@ -86,13 +88,19 @@ def main() -> None:
     rows = []
     for fam in args.family or ["gpt", "lstm"]:
         for preset in args.preset or ["nano", "small"]:
-            r = measure(fam, preset, args.vocab, args.batch_size, args.steps, args.warmup, not args.no_compile)
+            r = measure(
+                fam, preset, args.vocab, args.batch_size, args.steps, args.warmup, not args.no_compile
+            )
             print(json.dumps(r), flush=True)
             rows.append(r)
-    print("\n| family | preset | params | device | batch x block | tokens/s | MFU |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| family | preset | params | device | batch x block | tokens/s | MFU |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a"
-        print(f"| {r['family']} | {r['preset']} | {r['params'] / 1e6:.1f}M | {r['device']} | {r['batch']} x {r['block']} | {r['tokens_per_s']:,} | {mfu} |")
+        print(
+            f"| {r['family']} | {r['preset']} | {r['params'] / 1e6:.1f}M | {r['device']} | {r['batch']} x {r['block']} | {r['tokens_per_s']:,} | {mfu} |"
+        )
 
 
 if __name__ == "__main__":

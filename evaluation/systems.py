@@ -49,7 +49,7 @@ class EngineSystem(System):
     capabilities = frozenset({"next_tokens", "complete", "bits"})
 
     def __init__(self, spec: SystemSpec, device: str = "cpu", engine=None):
-        from kaffee.training.checkpoint import read_meta
+        from kaffee.models.checkpoint import read_meta
 
         self.spec = spec
         self.label = spec.label or spec.text
@@ -149,7 +149,7 @@ class EngineSystem(System):
         if self._model is None:
             self._model = getattr(self.engine, "model", None)
             if self._model is None or not hasattr(self._model, "sequence_logprobs"):
-                from kaffee.training.checkpoint import load_model
+                from kaffee.models.checkpoint import load_model
 
                 self._model = load_model(self.path, device=self.device)
         return self._model

@@ -1,4 +1,10 @@
-"""Shipped model directories (package data). ``default/`` is what the server uses without --model."""
+"""Model families, their interface and the model directory format; shipped model directories.
+
+``lm`` (the interface every family answers), ``gpt``, ``lstm``, ``ngram``, ``families``
+(the registry), ``checkpoint`` (model directory I/O) and ``export`` are imported by
+training, serving and evaluation alike. ``default/`` (package data) is what the server
+uses without --model.
+"""
 
 from __future__ import annotations
 

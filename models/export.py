@@ -1,7 +1,7 @@
 """Export a Kaffee model directory to formats other engines serve: Hugging Face and GGUF.
 
 Only the ``gpt`` family can be exported: it *is* a transformers ``LlamaForCausalLM``
-(training/gpt.py), stored with Hugging Face tensor names, so
+(models/gpt.py), stored with Hugging Face tensor names, so
 
 - ``hf`` is ``config.json`` (from ``hf_config``) + the weights via ``save_pretrained``
   + a ``PreTrainedTokenizerFast`` built from Kaffee's ``tokenizer.json`` with its end-of-text,
@@ -48,7 +48,7 @@ def export_model(
     force: bool = False,
 ) -> Path:
     """Export ``model_dir`` to ``out`` in ``fmt`` ("hf" or "gguf"); returns ``out``."""
-    from kaffee.training.checkpoint import read_meta
+    from kaffee.models.checkpoint import read_meta
 
     if fmt not in FORMATS:
         raise KaffeeError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -114,7 +114,7 @@ def hf_tokenizer(tokenizer: KaffeeTokenizer, model_max_length: int):
 def export_hf(model_dir: Path, out: Path, dtype: str = "f32") -> None:
     """Write a transformers model directory (LlamaForCausalLM + tokenizer) to ``out``."""
     import torch
-    from kaffee.training.checkpoint import atomic_dir, load_model
+    from kaffee.models.checkpoint import atomic_dir, load_model
 
     model = load_model(model_dir, expect_family="gpt")  # the same loader the server uses: fp32 weights
     tok = model.tokenizer
@@ -259,8 +259,8 @@ def export_gguf(model_dir: Path, out: Path, dtype: str = "f16") -> None:
     """Write one GGUF file (llama architecture, byte-level BPE vocabulary) to ``out``."""
     gguf = _import_gguf()
     from kaffee.data.tokenizer import KaffeeTokenizer
-    from kaffee.training.checkpoint import load_tensors, read_meta
-    from kaffee.training.gpt import GPTConfig
+    from kaffee.models.checkpoint import load_tensors, read_meta
+    from kaffee.models.gpt import GPTConfig
 
     meta = read_meta(model_dir)
     try:

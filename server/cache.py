@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
-from kaffee.training.ngram import NgramCounts, cache_weight
+from kaffee.models.ngram import NgramCounts, cache_weight
 
 log = logging.getLogger(__name__)
 

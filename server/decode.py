@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from kaffee.data.tokenizer import KaffeeTokenizer
+from kaffee.models.lm import DecodeState, LanguageModel, resync_point
 from kaffee.server.cache import logaddexp
 from kaffee.server.context import Prompt
 from kaffee.server.fastgpt import FastGPT
 from kaffee.server.java_tokens import extension_chars, first_token, is_word_char
-from kaffee.training.lm import DecodeState, LanguageModel, resync_point
 
 Mixer = Callable[[torch.Tensor, list[int]], torch.Tensor]  # (log-probs (V,), context ids) -> log-probs (V,)
 NEG_INF = float("-inf")

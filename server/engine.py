@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
+from kaffee.models.gpt import GPTModel
+from kaffee.models.lm import DecodeState, LanguageModel
+from kaffee.models.ngram import NgramConfig, NgramCounts, NgramModel
 from kaffee.server.cache import CacheConfig, WorkspaceCache
 from kaffee.server.context import (
     PrefixEncoder,
@@ -42,9 +45,6 @@ from kaffee.server.hints import MemberHints, member_table
 from kaffee.server.java_tokens import open_type_arguments, trailing_word
 from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
 from kaffee.server.project import ProjectConfig, ProjectIndex, prompt_head
-from kaffee.training.gpt import GPTModel
-from kaffee.training.lm import DecodeState, LanguageModel
-from kaffee.training.ngram import NgramConfig, NgramCounts, NgramModel
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class CompletionEngine:
         fallback_dir: str | Path | None = None,
     ) -> CompletionEngine:
         """Load a model directory; if that fails, answer from an n-gram model and log why once."""
-        from kaffee.training.checkpoint import load_model, read_meta
+        from kaffee.models.checkpoint import load_model, read_meta
 
         path = Path(path)
         device = resolve_device(device)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
-from kaffee.training import checkpoint
-from kaffee.training.gpt import GPTConfig, GPTModel
-from kaffee.training.lm import DecodeState, LanguageModel
+from kaffee.models import checkpoint
+from kaffee.models.gpt import GPTConfig, GPTModel
+from kaffee.models.lm import DecodeState, LanguageModel
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from java_samples import SAMPLES, training_texts  # noqa: E402
 from kaffee.data.tokenizer import KaffeeTokenizer, TokenizerTrainConfig  # noqa: E402
-from kaffee.training import checkpoint, families  # noqa: E402
-from kaffee.training.ngram import NgramCounts  # noqa: E402
+from kaffee.models import checkpoint, families  # noqa: E402
+from kaffee.models.ngram import NgramCounts  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from kaffee.models import default_model_dir
+from kaffee.models.checkpoint import load_model, read_meta
+from kaffee.models.gpt import GPTConfig
 from kaffee.server.fastgpt import FastGPT
-from kaffee.training.checkpoint import load_model, read_meta
-from kaffee.training.gpt import GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.java"))

@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kaffee.errors import KaffeeError
+from kaffee.models.checkpoint import load_model
 from kaffee.server.cache import CacheConfig
 from kaffee.server.engine import CompletionEngine, EngineOptions
 from kaffee.server.fastgpt import FastGPT
 from kaffee.server.java_tokens import unclosed_openers
-from kaffee.training.checkpoint import load_model
 
 MAIN = """package com.example.bank;
 
@@ -321,7 +321,7 @@ def test_runner_sync_reencodes_only_the_edit_and_matches_a_full_recompute(tiny_m
 
 
 def test_lazy_tensors_read_the_same_weights_one_by_one(tiny_model_dir: Path):
-    from kaffee.training.checkpoint import load_tensors
+    from kaffee.models.checkpoint import load_tensors
 
     eager = load_tensors(tiny_model_dir)
     lazy = load_tensors(tiny_model_dir, lazy=True)

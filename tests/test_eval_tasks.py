@@ -212,8 +212,8 @@ def test_unknown_task_lists_available():
 
 def test_bits_per_character_with_windows(tiny_ngram_dir, tiny_tokenizer):
     import torch
-    from kaffee.training import families
-    from kaffee.training.checkpoint import load_model
+    from kaffee.models import families
+    from kaffee.models.checkpoint import load_model
 
     text = TEST_FILES[("bank", "src/Account.java")]
     ngram = load_model(tiny_ngram_dir)

@@ -22,9 +22,9 @@ from conftest import make_tiny_model_dir
 from java_samples import SAMPLES
 from kaffee.cli import main
 from kaffee.errors import KaffeeError
+from kaffee.models import checkpoint, families
+from kaffee.models.checkpoint import load_model
 from kaffee.models.export import export_model, llama_permute
-from kaffee.training import checkpoint, families
-from kaffee.training.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [*SAMPLES.values(), (ROOT / "examples" / "Bank.java").read_text()]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from java_samples import training_texts
 from kaffee.errors import KaffeeError
+from kaffee.models import checkpoint, families
 from kaffee.server.engine import CompletionEngine
-from kaffee.training import checkpoint, families
 from kaffee.training.trainer import lm_loss
 from torch import nn
 

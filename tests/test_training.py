@@ -15,7 +15,7 @@ import torch
 from conftest import make_tiny_model_dir
 from java_samples import training_texts
 from kaffee.errors import KaffeeError
-from kaffee.training import checkpoint, families
+from kaffee.models import checkpoint, families
 from kaffee.training.trainer import TrainConfig, lm_loss, train
 
 NEURAL = ["gpt", "lstm"]

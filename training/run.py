@@ -17,10 +17,10 @@ import torch
 from kaffee.atomic_dir import recover_dir
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
-from kaffee.training import checkpoint, families
+from kaffee.models import checkpoint, families
+from kaffee.models.ngram import NgramCounts
 from kaffee.training.card import model_card
 from kaffee.training.data import BlockSampler, DataConfig, cached_token_stream
-from kaffee.training.ngram import NgramCounts
 from kaffee.training.trainer import TrainConfig, evaluate, train
 
 log = logging.getLogger(__name__)

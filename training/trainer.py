@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
-from kaffee.training import checkpoint, families
+from kaffee.models import checkpoint, families
 from kaffee.training.data import BlockSampler
 from kaffee.training.optim_state import load_optimizer, save_optimizer
 

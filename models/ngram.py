@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from kaffee.training.lm import DecodeState, LanguageModel
+from kaffee.models.lm import DecodeState, LanguageModel
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier for the rolling history hash
 
@@ -40,7 +40,9 @@ def _vbits(vocab_size: int) -> int:
 class NgramCounts:
     """Sorted n-gram keys with (continuation) counts and modified-KN discounts per order."""
 
-    def __init__(self, vocab_size: int, keys: list[np.ndarray], counts: list[np.ndarray], discounts: np.ndarray):
+    def __init__(
+        self, vocab_size: int, keys: list[np.ndarray], counts: list[np.ndarray], discounts: np.ndarray
+    ):
         self.vocab_size = vocab_size
         self.vbits = _vbits(vocab_size)
         self.vmask = (1 << self.vbits) - 1

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 
 import torch
-from kaffee.training.lm import DecodeState, NeuralLM
+from kaffee.models.lm import DecodeState, NeuralLM
 
 if typing.TYPE_CHECKING:  # imported where used: the modelling code costs ~130 MB of RSS
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 from kaffee.errors import KaffeeError
-from kaffee.training import gpt, lstm, ngram
-from kaffee.training.lm import LanguageModel
+from kaffee.models import gpt, lstm, ngram
+from kaffee.models.lm import LanguageModel
 
 
 @dataclass(frozen=True)

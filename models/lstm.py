@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from kaffee.training.lm import DecodeState, NeuralLM
+from kaffee.models.lm import DecodeState, NeuralLM
 from torch import nn
 
 

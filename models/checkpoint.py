@@ -17,8 +17,8 @@ import torch
 from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
-from kaffee.training import families
-from kaffee.training.lm import LanguageModel
+from kaffee.models import families
+from kaffee.models.lm import LanguageModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
