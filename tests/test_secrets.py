@@ -6,7 +6,7 @@ user/pass@host, getConnection literals, passphrases with spaces, Authorization B
 values, npm and Twilio tokens, an AWS secret passed positionally; and those a review found after:
 redis://:pw@ (no user), Spring ${key:default}, passwords in comments, KeyStore "pw".toCharArray(),
 FTP login / JavaMail connect, Hugging Face and Anthropic tokens, SecretKeySpec / signWith keys,
-"private_key_id" in JSON. bench/secrets.py measures
+"private_key_id" in JSON. bench/secret_scrubber.py measures
 the same recall plus replacements per MB on real code.
 """
 

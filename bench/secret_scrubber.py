@@ -1,9 +1,9 @@
 """Secret scrubber benchmark: recall on the planted set, replacements per MB and MB/s on real code.
 
-    python bench/secrets.py                                   # planted set only
-    python bench/secrets.py --corpus runs/corpus-full --mb 50 --show 40
-    python bench/secrets.py --corpus /usr/lib/jvm/java-17-openjdk-amd64/lib/src.zip --mb 50
-    python bench/secrets.py --module /tmp/old_secrets.py ...  # another version of data/secrets.py
+    python bench/secret_scrubber.py                                   # planted set only
+    python bench/secret_scrubber.py --corpus runs/corpus-full --mb 50 --show 40
+    python bench/secret_scrubber.py --corpus /usr/lib/jvm/java-17-openjdk-amd64/lib/src.zip --mb 50
+    python bench/secret_scrubber.py --module /tmp/old_secrets.py ...  # another version of data/secrets.py
 
 --corpus is a kaffee corpus directory (its ``text`` column, rows in a seeded random order), a .zip/.jar of
 sources (JDK src.zip) or a directory of .java files. On real code every replacement is a
