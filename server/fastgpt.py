@@ -30,6 +30,25 @@ log = logging.getLogger(__name__)
 QUANTIZE_MODES = ("none", "bf16", "int8")
 
 
+def _cpu_has_vnni() -> bool:
+    """Whether the CPU has VNNI int8 dot products (Linux: /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512_vnni" in line or "avx_vnni" in line
+    except OSError:
+        pass
+    return False
+
+
+# Activations are quantized per tensor to 8 bits where VNNI multiplies u8 x s8 exactly; without
+# it fbgemm's int16 accumulation can saturate, so 7 bits (reduce_range) as torch does by default.
+# Measured on examples/ (tests/test_default_model.py): top-1 agreement with fp32 92.7 % at 7 bits,
+# 95.9 % at 8 bits.
+REDUCE_RANGE = not _cpu_has_vnni()
+
+
 def make_linear(weight: torch.Tensor, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x @ weight.T`` as a callable, with the weight stored as ``mode`` says.
 
@@ -52,7 +71,7 @@ def make_linear(weight: torch.Tensor, mode: str) -> Callable[[torch.Tensor], tor
             packed = torch.ops.quantized.linear_prepack(qweight, None)
 
             def int8_linear(x: torch.Tensor) -> torch.Tensor:
-                return torch.ops.quantized.linear_dynamic(x, packed, True)
+                return torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)
 
             int8_linear(torch.zeros(1, weight.shape[1]))
             return int8_linear

@@ -125,7 +125,8 @@ def int8_vs_fp32(int8: FastGPT, fp32_rows, example_ids) -> tuple[float, list[int
 
 
 def test_int8_stays_close_to_fp32(int8_vs_fp32: tuple[float, list[int]]) -> None:
-    """Regression floor for the int8 path as it is: measured 0.927 top-1 agreement, mean top-5 overlap 4.37,
+    """Regression floor for the int8 path: measured 0.959 top-1 agreement with 8-bit activations (VNNI),
+    0.927 with 7-bit (elsewhere), mean top-5 overlap 4.37;
     every position's top-5 sets share at least one token.
 
     A wrong scale, a transposed or mis-fused weight, or a broken embedding drops both to ~0.
@@ -138,9 +139,9 @@ def test_int8_stays_close_to_fp32(int8_vs_fp32: tuple[float, list[int]]) -> None
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 13 asks for >= 98 % top-1 agreement; int8 reaches ~93 % over whole blocks "
-    "(~96 % one token at a time): linear_dynamic quantizes activations per tensor with "
-    "reduce_range=True (7 bits). Remove this mark once the int8 path is fixed.",
+    reason="issue 13 asks for >= 98 % top-1 agreement; int8 reaches 95.9 % over whole blocks with "
+    "8-bit activations on VNNI CPUs (92.7 % at 7 bits elsewhere): linear_dynamic quantizes "
+    "activations per tensor; keeping the head in fp32 gives 96.5 %. Remove this mark once fixed.",
 )
 def test_int8_top1_agrees_with_fp32_on_98_percent(int8_vs_fp32: tuple[float, list[int]]) -> None:
     agree, _ = int8_vs_fp32
