@@ -316,7 +316,9 @@ def test_llama_cpp_greedily_continues_like_kaffee(tiny_model_dir: Path, tmp_path
     out = export_model(tiny_model_dir, "gguf", tmp_path / "m.gguf", dtype="f32")
     kaffee = load_model(tiny_model_dir)
     tok = kaffee.tokenizer
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=2, logits_all=False, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=2, verbose=False)
+    for text in TEXTS:  # llama.cpp's "gpt-2" tokenization is Kaffee's
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
     for text in TEXTS[:3]:
         cut = text.index("{") + 1
         prompt = [tok.eos_id, *tok.encode(text[:cut])]
@@ -327,10 +329,10 @@ def test_llama_cpp_greedily_continues_like_kaffee(tiny_model_dir: Path, tmp_path
                 nxt = int(kaffee.module(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
                 want.append(nxt)
                 ids.append(nxt)
-        llm.reset()
         got = []
         for t in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
             got.append(t)
             if len(got) == 16:
                 break
         assert got == want
+    llm.close()
