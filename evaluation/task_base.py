@@ -185,8 +185,20 @@ class Task(ABC):
     ) -> list[dict[str, Any]]:
         """A few predictions to show in the report: where, the line before the cursor, target,
         prediction, hit. Positions are a seeded sample already, so the first ``n`` answered
-        ones are a fair sample. Tasks without a readable prediction return ``[]``."""
-        return []
+        ones are a fair sample. Tasks without a readable prediction (``shown``) return ``[]``."""
+        if held is None:
+            return []
+        out = []
+        for pos, o in zip(positions, outputs, strict=True):
+            shown = self.shown(pos, o) if o else None
+            if shown is not None and len(out) < n:
+                f = held.files[pos.file]
+                out.append(example(f, pos.data["offset"], pos.data["target"], *shown))
+        return out
+
+    def shown(self, pos: Position, output: dict[str, Any]) -> tuple[str, bool] | None:
+        """(prediction as text, hit) of one answered position for the report, if the task has one."""
+        return None
 
 
 def example(f: SourceFile, offset: int, target: str, prediction: str, hit: bool) -> dict[str, Any]:

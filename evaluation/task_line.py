@@ -21,7 +21,6 @@ from kaffee.evaluation.task_base import (
     Task,
     TaskOutcome,
     editor_context,
-    example,
     sample_units,
     task_rng,
 )
@@ -100,20 +99,8 @@ class LineTask(Task):
 
     item_scale = {"em": 100.0, f"em@{PREFIX_ONLY}": 100.0}
 
-    def examples(self, held, positions, outputs, n=6):
-        if held is None:
-            return []
-        done = [(p, o) for p, o in zip(positions, outputs, strict=True) if o][:n]
-        return [
-            example(
-                held.files[p.file],
-                p.data["offset"],
-                p.data["target"],
-                o["pred"],
-                bool(exact_match(o["pred"], p.data["target"])),
-            )
-            for p, o in done
-        ]
+    def shown(self, pos, output):
+        return output["pred"], bool(exact_match(output["pred"], pos.data["target"]))
 
     def item_scores(self, positions: list[Position], outputs: list[dict | None]) -> dict[str, list[float]]:
         scores: dict[str, list[float]] = {m: [] for m in self.headline}

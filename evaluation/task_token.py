@@ -20,7 +20,6 @@ from kaffee.evaluation.task_base import (
     Task,
     TaskOutcome,
     editor_context,
-    example,
     sample_units,
     task_rng,
 )
@@ -64,20 +63,9 @@ class TokenTask(Task):
 
     item_scale = {"top1": 100.0, "top5": 100.0, "mrr10": 100.0}
 
-    def examples(self, held, positions, outputs, n=6):
-        if held is None:
-            return []
-        done = [(p, o) for p, o in zip(positions, outputs, strict=True) if o][:n]
-        return [
-            example(
-                held.files[p.file],
-                p.data["offset"],
-                p.data["target"],
-                " · ".join(o["ranked"][:5]),
-                bool(top_k_hit(p.data["target"], o["ranked"], 1)),
-            )
-            for p, o in done
-        ]
+    def shown(self, pos, output):
+        ranked = output["ranked"]
+        return " · ".join(ranked[:5]), bool(top_k_hit(pos.data["target"], ranked, 1))
 
     @staticmethod
     def scores_of(target: str, ranked: list[str]) -> dict[str, float]:

@@ -211,3 +211,26 @@ def load_model(model_dir: str | Path, device: str = "cpu", expect_family: str | 
     model.tokenizer = tokenizer
     model.meta = meta
     return model
+
+
+def read_gpt_dir(model_dir: Path) -> tuple[dict[str, Any], Any, KaffeeTokenizer]:
+    """(meta, GPTConfig, tokenizer) of a gpt model directory, checked to belong together.
+
+    For readers that take the weights themselves (the fast decoder, the exporters).
+    """
+    from kaffee.models.gpt import GPTConfig
+
+    meta = read_meta(model_dir)
+    if meta["family"] != "gpt":
+        raise KaffeeError(f"{model_dir} holds a {meta['family']} model, not gpt")
+    try:
+        cfg = GPTConfig(**meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise KaffeeError(f"{model_dir}/config.json does not fit the gpt config: {exc}") from exc
+    tokenizer = KaffeeTokenizer.from_file(model_dir / "tokenizer.json")
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise KaffeeError(
+            f"tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {cfg.vocab_size}: "
+            "they do not belong together"
+        )
+    return meta, cfg, tokenizer

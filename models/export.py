@@ -258,20 +258,9 @@ def gguf_tensors(tensors: dict[str, torch.Tensor], cfg: Any, dtype: str) -> dict
 def export_gguf(model_dir: Path, out: Path, dtype: str = "f16") -> None:
     """Write one GGUF file (llama architecture, byte-level BPE vocabulary) to ``out``."""
     gguf = _import_gguf()
-    from kaffee.data.tokenizer import KaffeeTokenizer
-    from kaffee.models.checkpoint import load_tensors, read_meta
-    from kaffee.models.gpt import GPTConfig
+    from kaffee.models.checkpoint import load_tensors, read_gpt_dir
 
-    meta = read_meta(model_dir)
-    try:
-        cfg = GPTConfig(**meta["config"])
-    except (TypeError, ValueError) as exc:
-        raise KaffeeError(f"{model_dir}/config.json does not fit the gpt config: {exc}") from exc
-    tok = KaffeeTokenizer.from_file(model_dir / "tokenizer.json")
-    if tok.vocab_size != cfg.vocab_size:
-        raise KaffeeError(
-            f"tokenizer.json has {tok.vocab_size} tokens but the model expects {cfg.vocab_size}"
-        )
+    meta, cfg, tok = read_gpt_dir(model_dir)
     arrays = gguf_tensors(load_tensors(model_dir), cfg, dtype)
     expected = 2 + 9 * cfg.n_layer + (0 if cfg.tie_embeddings else 1)
     if len(arrays) != expected:

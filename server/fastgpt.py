@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.models import checkpoint
 from kaffee.models.gpt import GPTConfig, GPTModel
@@ -188,18 +187,7 @@ class FastGPT(LanguageModel):
     def load(cls, model_dir: str | Path, quantize: str = "none", device: str = "cpu") -> FastGPT:
         """Load a gpt model directory (same checks as ``checkpoint.load_model``)."""
         model_dir = Path(model_dir)
-        meta = checkpoint.read_meta(model_dir)
-        if meta["family"] != "gpt":
-            raise KaffeeError(f"{model_dir} holds a {meta['family']} model, not gpt")
-        try:
-            cfg = GPTConfig(**meta["config"])
-        except (TypeError, ValueError) as exc:
-            raise KaffeeError(f"{model_dir}/config.json does not fit the gpt config: {exc}") from exc
-        tokenizer = KaffeeTokenizer.from_file(model_dir / "tokenizer.json")
-        if tokenizer.vocab_size != cfg.vocab_size:
-            raise KaffeeError(
-                f"tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {cfg.vocab_size}: they do not belong together"
-            )
+        meta, cfg, tokenizer = checkpoint.read_gpt_dir(model_dir)
         tensors = checkpoint.load_tensors(model_dir, lazy=True)  # each read when converted
         expected = {"model.embed_tokens.weight", "model.norm.weight"} | {
             f"model.layers.{i}.{n}"
