@@ -129,7 +129,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_model_dir(path: Path | None) -> None:
+    """A ``--model`` that is not a model directory is an error now, not a silent n-gram later."""
+    if path is None:
+        return
+    from kaffee.models.checkpoint import read_meta
+
+    read_meta(Path(path).expanduser())  # KaffeeError: missing, not a directory, no config.json, foreign
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    check_model_dir(args.model)
     if args.tcp and not is_loopback(args.host) and not args.allow_remote:
         raise KaffeeError(
             f"--host {args.host} is not a loopback address: LSP over TCP has no authentication, so anyone "
@@ -214,8 +224,12 @@ def project_root(path: Path) -> Path:
 def cmd_complete(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, None)
     path, line, col = parse_spot(args.spot)
+    check_model_dir(args.model)
     options = parse_engine_options(args.engine_option, max_lines=max(1, args.max_lines))
     text = read_source(path)
+    n_lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    if line > max(1, n_lines):
+        raise KaffeeError(f"{path} has {n_lines} lines; there is no line {line}")
     offset = cursor_offset(text, line, col)
     from kaffee.server.engine import CompletionEngine
 

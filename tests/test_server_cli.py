@@ -13,6 +13,8 @@ from java_samples import MAIN as SOURCE  # the tiny model was trained on it
 from kaffee.errors import KaffeeError
 from kaffee.server.cli import cursor_offset, parse_engine_options, parse_spot
 
+BANK = Path(__file__).resolve().parent.parent / "examples" / "Bank.java"
+
 
 def kaffee(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -50,6 +52,10 @@ def test_complete_reports_bad_input_clearly(tmp_path: Path) -> None:
         (["complete", f"{binary}:1:1"], "binary"),
         (["complete", f"{binary}:0:1"], "1-based"),
         (["complete", f"{binary}:1:1", "--engine-option", "nonsense=1"], "unknown option 'nonsense'"),
+        (["complete", f"{BANK}:9999:1"], "has 54 lines; there is no line 9999"),
+        (["complete", f"{BANK}:50:24", "--model", f"{tmp_path}/none"], "does not exist"),
+        (["complete", f"{BANK}:50:24", "--model", str(tmp_path)], "not a Kaffee model directory"),
+        (["serve", "--model", f"{tmp_path}/none"], "does not exist"),
     ]:
         out = kaffee(*args)
         assert out.returncode == 1 and needle in out.stderr, (args, out.stderr)
