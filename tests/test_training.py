@@ -286,6 +286,9 @@ def test_cli_finetune_improves_validation_loss(tiny_model_dir, tmp_path, java_sa
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-2])
     assert result["val_loss_after"] < result["val_loss_before"]
+    # progress before training, and "after" is the trainer's last validation, not a second run
+    assert "validation loss before" in r.stderr and "training tokens" in r.stderr
+    assert result["val_loss_after"] == result["val_loss"]
 
 
 def test_cli_errors_are_clear(jsonl_corpus, tmp_path):

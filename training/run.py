@@ -322,6 +322,7 @@ def run_finetune(
     train_texts, valid_texts = project_texts(source, data_cfg.seed)
     from kaffee.training.data import doc_ids
 
+    _say(f"fine-tuning {from_dir} on {len(train_texts)} files ({len(valid_texts)} held out for validation)")
     train_stream = np.asarray(
         [i for n, t in enumerate(train_texts) for i in doc_ids(t, n, tok, fim_rate, data_cfg.seed)], np.int32
     )
@@ -338,13 +339,16 @@ def run_finetune(
         raise KaffeeError("the project is too small to fine-tune on (fewer than 16 tokens held out)")
     cfg.block_size = min(cfg.block_size or block, block)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    _say(f"{len(train_stream):,} training tokens; measuring the base model's validation loss ...")
+    # the trainer's own validation sampler (block and seed), so its last evaluation is the "after"
     before = evaluate(
         base.module.to(device),
-        BlockSampler(valid_stream, cfg.block_size, 0),
+        BlockSampler(valid_stream, cfg.block_size, cfg.seed),
         cfg.eval_blocks,
         cfg.batch_size,
         device,
     )
+    _say(f"validation loss before: {before:.4f}")
     meta = {
         **{k: v for k, v in base.meta.items() if k not in ("config", "family", "training")},
         "finetuned_from": str(from_dir),
@@ -365,14 +369,16 @@ def run_finetune(
         card=lambda m: model_card(base.family, {**m, "config": vars(base.cfg)}, _command()),
         spec=spec,
     )
-    after = checkpoint.load_model(out)
-    after_loss = evaluate(
-        after.module.to(device),
-        BlockSampler(valid_stream, cfg.block_size, 0),
-        cfg.eval_blocks,
-        cfg.batch_size,
-        device,
-    )
+    after_loss = summary["val_loss"]  # measured at the last step on the same blocks, not run again
+    if after_loss is None:
+        after = checkpoint.load_model(out)
+        after_loss = evaluate(
+            after.module.to(device),
+            BlockSampler(valid_stream, cfg.block_size, cfg.seed),
+            cfg.eval_blocks,
+            cfg.batch_size,
+            device,
+        )
     result = {
         **summary,
         "val_loss_before": before,
@@ -382,3 +388,8 @@ def run_finetune(
     }
     (out / "finetune.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr (stdout carries the command's result)."""
+    print(message, file=sys.stderr, flush=True)
