@@ -47,7 +47,7 @@ def test_package_json_and_lock_agree() -> None:
     root = lock["packages"][""]
     assert root.get("dependencies", {}) == package.get("dependencies", {})
     assert root.get("devDependencies", {}) == package.get("devDependencies", {})
-    assert package["main"] == "./out/extension.js"
+    assert package["main"] == "./dist/extension.js"  # the esbuild bundle (npm run package)
     assert "onLanguage:java" in package["activationEvents"]
 
 
