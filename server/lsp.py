@@ -3,21 +3,26 @@
 Handlers parse the request, hand the model work to a single worker thread (never the
 event loop), and format the answer. Documents live in :class:`DocumentStore` (UTF-16
 positions, clamped). A newer request for a document supersedes an older one of the
-same kind, and ``$/cancelRequest`` stops work between decode steps. Reading, checking
-and answering malformed messages is ``server/transport.py``'s (the one adapter to
-pygls' internals), so no message takes the server down or goes unanswered.
+same kind, one that follows the previous within ``debounceMs`` waits that long first
+(superseded meanwhile, it never reaches the model), and ``$/cancelRequest`` stops work
+between decode steps. Reading, checking and answering malformed messages is
+``server/transport.py``'s (the one adapter to pygls' internals), so no message takes the
+server down or goes unanswered.
 
 The server tells the client how it is doing: ``$/progress`` while the model loads and
 the workspace is indexed (when the client advertises ``window.workDoneProgress``), and a
 ``kaffee/status`` notification (state, model, backend, device, last latency) on every
-change of state and at most every few seconds for the latency. Every suggestion carries
-the ``kaffee.accepted`` command; clients run it on accept, and ``server/stats.py`` counts
-it into the local statistics file (off with the ``stats`` setting).
+change of state and at most every few seconds for the latency; the ``kaffee/counters``
+request answers the work counters (requests, debounced, superseded, model calls). Every
+suggestion carries the ``kaffee.accepted`` command; clients run it on accept, and
+``server/stats.py`` counts it into the local statistics file (off with the ``stats``
+setting).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -57,6 +62,7 @@ KIND = {
 }
 STATUS_METHOD = "kaffee/status"
 STATUS_INTERVAL_S = 3.0  # a latency-only status update waits at least this long after the last one
+COUNTERS_METHOD = "kaffee/counters"  # a request: the server's work counters (benchmarks, tests)
 ACCEPT_COMMAND = "kaffee.accepted"  # arguments: [offer id, feature, inserted characters]
 FALLBACK_MODEL = "n-gram fallback"  # the model name in the statistics for answers from the fallback
 
@@ -152,6 +158,8 @@ class KaffeeLanguageServer(LanguageServer):
         self._engine_key: tuple[str, str] | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaffee-model")
         self._inflight: dict[tuple[str, str], threading.Event] = {}
+        self._last_request: dict[tuple[str, str], float] = {}  # when the last request came, for debounce
+        self.counters: collections.Counter[str] = collections.Counter()  # answered by kaffee/counters
         self.encoding = "utf-16"
         self.shutting_down = False
         self._trimmed_at = 0  # engine.tokens_advanced at the last heap trim
@@ -481,6 +489,8 @@ class KaffeeLanguageServer(LanguageServer):
 
     def on_close(self, params: types.DidCloseTextDocumentParams) -> None:
         self.documents.close(params.text_document.uri)
+        for kind in ("completion", "inline"):
+            self._last_request.pop((params.text_document.uri, kind), None)
         if self.engine is not None:
             self.engine.remove_document(params.text_document.uri)
 
@@ -500,14 +510,32 @@ class KaffeeLanguageServer(LanguageServer):
 
     # -- running model work -----------------------------------------------------------------------
     async def run_model(self, uri: str, kind: str, job):
-        """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it."""
+        """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it.
+
+        Debounce: a request that comes less than ``debounceMs`` after the previous one for
+        the same document and kind (the user is typing fast) first waits that long on the
+        event loop; superseded meanwhile (a newer request, an edit, ``$/cancelRequest``) it
+        is answered cancelled without reaching the model. A request after a pause goes to
+        the model at once.
+        """
         key = (uri, kind)
+        now = time.monotonic()
+        previous = self._last_request.get(key)
+        self._last_request[key] = now
+        self.counters["requests"] += 1
         older = self._inflight.get(key)
         if older is not None:
             older.set()
         cancel = threading.Event()
         self._inflight[key] = cancel
+        wait = self.settings.debounce_ms / 1000.0
         try:
+            if wait > 0 and previous is not None and now - previous < wait:
+                self.counters["debounce_waits"] += 1
+                await asyncio.sleep(wait)
+                if cancel.is_set():
+                    self.counters["debounced"] += 1
+                    raise JsonRpcRequestCancelled("superseded by a newer request or an edit while debounced")
             result = await asyncio.get_running_loop().run_in_executor(self._worker, job, cancel)
         except asyncio.CancelledError:
             cancel.set()  # $/cancelRequest: stop the decode loop too
@@ -523,6 +551,7 @@ class KaffeeLanguageServer(LanguageServer):
             self._trimmed_at = engine.tokens_advanced
             self._worker.submit(trim_heap)  # after this answer, before the next request's work
         if cancel.is_set():
+            self.counters["superseded"] += 1
             raise JsonRpcRequestCancelled("superseded by a newer request or an edit")
         return result
 
@@ -656,6 +685,12 @@ def build_server(
         ls.shutdown_work()
         # the last counts, written on a thread before the answer (``exit`` may end the process at once)
         await asyncio.get_running_loop().run_in_executor(None, ls.stats.flush)
+
+    @server.feature(COUNTERS_METHOD)
+    def counters(ls: KaffeeLanguageServer, params: Any) -> dict[str, int]:
+        """Requests seen, debounced and superseded, and ``modelCalls``: engine calls that reached the model."""
+        engine = ls.engine
+        return {**ls.counters, "modelCalls": engine.stats.requests if engine is not None else 0}
 
     @server.command(ACCEPT_COMMAND)
     def accepted(ls: KaffeeLanguageServer, *args: Any) -> None:

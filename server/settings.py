@@ -22,6 +22,8 @@ class ServerSettings:
     device: str = "cpu"  # where the model runs: cpu, cuda or auto
     enable: bool = True  # false: answer every request with nothing (the model stays loaded)
     stats: bool = True  # count shown/accepted suggestions into the local stats file (server/stats.py)
+    debounce_ms: int = 50  # a request within this long of the previous one (same document and kind)
+    # waits this long and is dropped if a newer one comes meanwhile; 0: off
 
 
 # JSON name -> (field name, check returning an error message or None)
@@ -43,6 +45,11 @@ def _check_deadline(v: Any) -> str | None:
     return None if ok else "must be a number of milliseconds from 10 to 600000"
 
 
+def _check_debounce(v: Any) -> str | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 2000
+    return None if ok else "must be a number of milliseconds from 0 (off) to 2000"
+
+
 def _check_bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
@@ -59,6 +66,7 @@ _FIELDS = {
     "device": ("device", _check_device),
     "enable": ("enable", _check_bool),
     "stats": ("stats", _check_bool),
+    "debounceMs": ("debounce_ms", _check_debounce),
 }
 assert {f for f, _ in _FIELDS.values()} == {f.name for f in fields(ServerSettings)}
 
@@ -84,5 +92,5 @@ def parse_settings(raw: Any, base: ServerSettings | None = None) -> tuple[Server
             problems.append(f"setting {key}={value!r} {error}; using the default {getattr(defaults, name)!r}")
             values[name] = getattr(defaults, name)
         else:
-            values[name] = int(value) if name == "deadline_ms" else value
+            values[name] = int(value) if name in ("deadline_ms", "debounce_ms") else value
     return replace(base, **values), problems

@@ -1,0 +1,167 @@
+"""Server-side debounce (issue 12, item 4), end to end through ``kaffee serve`` and pytest-lsp.
+
+A request that follows the previous one for the same document and kind within
+``debounceMs`` waits that long on the event loop and, superseded meanwhile, is answered
+cancelled without reaching the model; the first request after a pause goes to the model
+at once. Asserted on the server's ``kaffee/counters`` (``modelCalls``: engine calls that
+got to the model), not on wall-clock thresholds. The debounce here is long (1 s) and the
+requests 150 ms apart, so a busy machine does not change which request reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SOURCE = """public class Main {
+    public static void main(String[] args) {
+        System.out.
+    }
+}
+"""
+CURSOR = types.Position(line=2, character=len("        System.out."))
+TIMEOUT = 60
+DEBOUNCE_MS = 1000
+GAP_S = 0.15  # between the requests of a burst: well under the debounce
+BURST = 4
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(tiny_model_dir: Path):
+    cmd = [sys.executable, "-m", "kaffee", "serve", "--model", str(tiny_model_dir), "--log-level", "warning"]
+    client = await ClientServerConfig(server_command=cmd).start()
+    await client.initialize_session(
+        types.InitializeParams(
+            capabilities=client_capabilities("visual-studio-code"),
+            initialization_options={"deadlineMs": 30_000, "debounceMs": DEBOUNCE_MS},
+        )
+    )
+    await inline(client, open_doc(client, "Warm.java"))  # the model is loaded
+    yield client
+    try:
+        await asyncio.wait_for(client.shutdown_session(), 30)
+    finally:
+        await client.stop()
+
+
+def open_doc(client: LanguageClient, name: str) -> str:
+    uri = f"file:///tmp/kaffee-debounce/{name}"
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="java", version=1, text=SOURCE)
+        )
+    )
+    return uri
+
+
+def inline_params(uri: str) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri),
+        position=CURSOR,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+
+
+async def inline(client: LanguageClient, uri: str) -> types.InlineCompletionList:
+    return await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri)), TIMEOUT)
+
+
+async def counters(client: LanguageClient) -> dict[str, int]:
+    raw: Any = await asyncio.wait_for(client.protocol.send_request_async("kaffee/counters", None), TIMEOUT)
+    plain = {k: getattr(raw, k) for k in raw._fields} if hasattr(raw, "_fields") else dict(raw)
+    return {k: int(v) for k, v in plain.items()}
+
+
+def delta(after: dict[str, int], before: dict[str, int], key: str) -> int:
+    return after.get(key, 0) - before.get(key, 0)
+
+
+async def burst(client: LanguageClient, uri: str, n: int = BURST) -> list[Any]:
+    futures = []
+    for i in range(n):
+        if i:
+            await asyncio.sleep(GAP_S)
+        futures.append(asyncio.ensure_future(inline(client, uri)))
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
+def configure(client: LanguageClient, debounce_ms: int) -> None:
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"kaffee": {"debounceMs": debounce_ms}})
+    )
+
+
+def is_cancelled(answer: Any) -> bool:
+    return isinstance(answer, JsonRpcException) and answer.code == -32800  # RequestCancelled
+
+
+async def test_isolated_request_goes_to_the_model_at_once(client: LanguageClient) -> None:
+    uri = open_doc(client, "Isolated.java")
+    before = await counters(client)
+    result = await inline(client, uri)
+    after = await counters(client)
+    assert result.items and result.items[0].insert_text.strip(), result
+    assert delta(after, before, "modelCalls") == 1
+    assert delta(after, before, "debounce_waits") == 0  # no debounce wait after a pause
+
+
+async def test_burst_reaches_the_model_only_first_and_last(client: LanguageClient) -> None:
+    uri = open_doc(client, "Burst.java")
+    before = await counters(client)
+    answers = await burst(client, uri)
+    after = await counters(client)
+    # the first goes at once (it may finish before the second comes), the middle ones are
+    # dropped during their wait, the last is answered after it
+    assert delta(after, before, "modelCalls") == 2, (before, after)
+    assert delta(after, before, "debounce_waits") == BURST - 1
+    assert delta(after, before, "debounced") == BURST - 2
+    assert all(is_cancelled(a) for a in answers[1:-1]), answers
+    assert isinstance(answers[-1], types.InlineCompletionList) and answers[-1].items, answers[-1]
+
+
+async def test_without_debounce_every_request_of_a_burst_reaches_the_model(client: LanguageClient) -> None:
+    configure(client, 0)
+    try:
+        uri = open_doc(client, "NoDebounce.java")
+        before = await counters(client)
+        answers = await burst(client, uri)
+        after = await counters(client)
+        assert delta(after, before, "modelCalls") == BURST, (before, after)
+        assert delta(after, before, "debounce_waits") == 0
+        assert isinstance(answers[-1], types.InlineCompletionList) and answers[-1].items, answers[-1]
+    finally:
+        configure(client, DEBOUNCE_MS)
+
+
+async def test_cancel_request_during_the_wait(client: LanguageClient) -> None:
+    uri = open_doc(client, "Cancel.java")
+    before = await counters(client)
+    first = asyncio.ensure_future(inline(client, uri))
+    await asyncio.sleep(GAP_S)
+    waiting = asyncio.ensure_future(
+        client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri), msg_id="debounced-1"
+        )
+    )
+    await asyncio.sleep(GAP_S)
+    during = await counters(client)  # the event loop answers while the request waits
+    assert not waiting.done()
+    assert delta(during, before, "debounce_waits") == 1
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="debounced-1"))
+    answers = await asyncio.wait_for(asyncio.gather(first, waiting, return_exceptions=True), TIMEOUT)
+    after = await counters(client)
+    assert is_cancelled(answers[1]), answers[1]
+    assert delta(after, before, "modelCalls") == 1  # only the first; the cancelled one never ran
+    # the server still serves this document
+    await asyncio.sleep(DEBOUNCE_MS / 1000)
+    assert (await inline(client, uri)).items
