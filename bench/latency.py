@@ -14,13 +14,28 @@ as a Markdown table, with the server's peak RSS.
 
 Latency is the client's round trip per request (what an editor waits for), measured
 after a warm-up request so model loading is not counted. Numbers, not pass/fail.
+
+``--cps N`` types at a human pace instead, without waiting for answers: one
+``didChange`` per keystroke on a timer (N characters per second; ``--jitter S`` draws the
+gaps from a log-normal with that sigma and the same mean), an inline request sent
+after every keystroke that lands on a token start (``--ask token``, the user model
+above) or after every keystroke (``--ask key``, as editors with automatic inline
+suggestions do), answers collected as they come; nothing is accepted, every character
+is typed. It runs the engine once per ``--debounce`` value (the server's ``debounceMs``)
+and reports model calls per keystroke (``modelCalls`` from the server's
+``kaffee/counters``), how many requests were answered, superseded or debounced, and the
+latency of the answered ones:
+
+    python bench/latency.py examples/Bank.java --cps 8 --debounce 0,50 --chars 400
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import random
 import statistics
 import sys
 import time
@@ -30,7 +45,7 @@ from pathlib import Path
 from kaffee.errors import KaffeeError
 from kaffee.evaluation.cost import peak_rss_mb
 from kaffee.evaluation.lexer import lex
-from kaffee.evaluation.lsp_client import LspClient, LspDied, LspError, LspTimeout
+from kaffee.evaluation.lsp_client import LspClient, LspDied, LspError, LspTimeout, Pending
 from kaffee.evaluation.typing_replay import TypingCounts, lines_of
 from kaffee.evaluation.typing_replay import replay as replay_lines
 
@@ -81,8 +96,14 @@ def position(text: str, offset: int) -> dict:
     return {"line": line, "character": utf16_len(text[start:offset])}
 
 
-def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
-    options = list(cfg.engine_options) + (["naive=true"] if mode == "naive" else [])
+def start_session(
+    cfg: ReplayConfig, options: list[str], settings: dict | None = None
+) -> tuple[LspClient, Path, str, str]:
+    """A started, initialized server with the document (region cut out) open and the model warm.
+
+    Returns the client, the workspace folder, the document's URI and its text. The
+    caller closes the client.
+    """
     cmd = [sys.executable, "-m", "kaffee", "serve", "--model", str(cfg.model), "--device", cfg.device]
     cmd += ["--log-level", "info"]
     for opt in options:
@@ -91,11 +112,7 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
     server.start()
     folder = cfg.workspace.resolve() if cfg.workspace is not None else Path("/tmp/kaffee-bench")
     uri = (folder / "KaffeeReplay.java").as_uri()  # never written: the editor's unsaved buffer
-    text = cfg.text
-    doc = text[: cfg.start] + text[cfg.end :]
-    region = text[cfg.start : cfg.end]
-    lines = lines_of(text, cfg.start, cfg.end, [cfg.start + t.start for t in lex(region)])
-    timeout = cfg.deadline_ms / 1000 + 60
+    doc = cfg.text[: cfg.start] + cfg.text[cfg.end :]
     try:
         server.request(
             "initialize",
@@ -103,7 +120,11 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
                 "processId": None,
                 "rootUri": folder.as_uri() if cfg.workspace is not None else None,
                 "capabilities": {},
-                "initializationOptions": {"deadlineMs": cfg.deadline_ms, "device": cfg.device},
+                "initializationOptions": {
+                    "deadlineMs": cfg.deadline_ms,
+                    "device": cfg.device,
+                    **(settings or {}),
+                },
             },
             timeout=600,
         )
@@ -118,6 +139,23 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
             "context": {"triggerKind": 2},
         }
         server.request("textDocument/inlineCompletion", params, timeout=600)  # warm-up: model load
+    except BaseException:
+        server.close(timeout=30)
+        raise
+    return server, folder, uri, doc
+
+
+def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
+    options = list(cfg.engine_options) + (["naive=true"] if mode == "naive" else [])
+    text = cfg.text
+    region = text[cfg.start : cfg.end]
+    lines = lines_of(text, cfg.start, cfg.end, [cfg.start + t.start for t in lex(region)])
+    timeout = cfg.deadline_ms / 1000 + 60
+    try:
+        server, folder, uri, doc = start_session(cfg, options)
+    except (LspError, LspTimeout, LspDied) as exc:
+        raise KaffeeError(f"{mode}: {exc}") from exc
+    try:
         if cfg.index_wait_s:
             time.sleep(cfg.index_wait_s)  # the workspace scan and index build run in the background
         # the first suggestion in a freshly opened file: a second document, nothing of it encoded yet
@@ -172,6 +210,141 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
         raise KaffeeError(f"{mode}: {exc}") from exc
     finally:
         server.close(timeout=30)
+
+
+@dataclass
+class PacedResult:
+    debounce_ms: int
+    keystrokes: int  # didChange messages for typed characters and Enter (indentation comes free)
+    requests: int  # inline requests sent
+    answered: int  # answers with a result (not superseded)
+    cancelled: int  # answered RequestCancelled: superseded by a newer request or an edit, or debounced
+    counters: dict  # the server's kaffee/counters delta over the typing
+    latencies_ms: list[float]  # round trip of the answered requests
+    elapsed_s: float
+
+    @property
+    def model_calls(self) -> int:
+        return int(self.counters.get("modelCalls", 0))
+
+    def pct(self, q: float) -> float:
+        return ReplayResult("", self.latencies_ms, TypingCounts(), 0.0).pct(q)
+
+
+def keystroke_plan(text: str, start: int, end: int, ask: str) -> list[tuple[int, str, bool, bool]]:
+    """``(cursor, piece, is_keystroke, ask_after)`` per change, in order, for a user who types everything.
+
+    The lines and token starts are ``typing_replay``'s; indentation is inserted free
+    together with the Enter before it (the first line's up front). ``ask``: ``token``
+    asks when a keystroke leaves the cursor on a token start, ``key`` after every keystroke.
+    """
+    region = text[start:end]
+    plan: list[tuple[int, str, bool, bool]] = []
+    lines = lines_of(text, start, end, [start + t.start for t in lex(region)])
+    for n, line in enumerate(lines):
+        indent = text[line.indent : line.start]
+        starts = set(line.token_starts)
+        if n == 0 and indent:
+            plan.append((line.indent, indent, False, ask == "key" or line.start in starts))
+        for j in range(line.start, line.end):
+            plan.append((j, text[j], True, ask == "key" or j + 1 in starts))
+        nl = text.find("\n", line.end)
+        enter = text[line.end : nl + 1] if nl >= 0 else text[line.end :]
+        if enter:
+            nxt = lines[n + 1] if n + 1 < len(lines) else None
+            more = text[nxt.indent : nxt.start] if nxt is not None else ""
+            ask_next = ask == "key" or (nxt is not None and nxt.start in nxt.token_starts)
+            plan.append((line.end, enter + more, True, ask_next))
+    return plan
+
+
+def paced_replay(
+    cfg: ReplayConfig, debounce_ms: int, cps: float, ask: str = "token", jitter: float = 0.0, seed: int = 0
+) -> PacedResult:
+    """Type the region at ``cps`` characters per second without waiting for answers."""
+    plan = keystroke_plan(cfg.text, cfg.start, cfg.end, ask)
+    rng = random.Random(seed)
+    mean_gap = 1.0 / cps
+    # log-normal gaps with mean ``mean_gap``: mu = ln(mean) - sigma^2 / 2
+    gaps = [
+        rng.lognormvariate(math.log(mean_gap) - jitter**2 / 2, jitter) if jitter > 0 else mean_gap
+        for _ in plan
+    ]
+    timeout = cfg.deadline_ms / 1000 + 60
+    label = f"debounce {debounce_ms} ms"
+    try:
+        server, _folder, uri, doc = start_session(cfg, list(cfg.engine_options), {"debounceMs": debounce_ms})
+    except (LspError, LspTimeout, LspDied) as exc:
+        raise KaffeeError(f"{label}: {exc}") from exc
+    try:
+        before = server.request("kaffee/counters", None, timeout=timeout) or {}
+        pending: list[Pending] = []
+        version, keystrokes = 1, 0
+        t_start = time.perf_counter()
+        due = t_start
+        for (cursor, piece, is_key, ask_after), gap in zip(plan, gaps, strict=True):
+            if is_key:  # the free indentation of the first line takes no time
+                due += gap
+                keystrokes += 1
+                time.sleep(max(0.0, due - time.perf_counter()))
+            pos = position(doc, cursor)
+            version += 1
+            change = {"range": {"start": pos, "end": pos}, "text": piece}
+            server.notify(
+                "textDocument/didChange",
+                {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
+            )
+            doc = doc[:cursor] + piece + doc[cursor:]
+            if ask_after:
+                params = {
+                    "textDocument": {"uri": uri},
+                    "position": position(doc, cursor + len(piece)),
+                    "context": {"triggerKind": 2},
+                }
+                pending.append(server.send("textDocument/inlineCompletion", params))
+        latencies, cancelled = [], 0
+        for p in pending:
+            try:
+                server.wait(p, timeout=timeout)
+            except LspError:
+                if (p.slot[0].get("error") or {}).get("code") != -32800:
+                    raise
+                cancelled += 1
+                continue
+            assert p.received_at is not None
+            latencies.append((p.received_at - p.sent_at) * 1000.0)
+        elapsed = time.perf_counter() - t_start
+        after = server.request("kaffee/counters", None, timeout=timeout) or {}
+        counters = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after}
+        return PacedResult(
+            debounce_ms, keystrokes, len(pending), len(latencies), cancelled, counters, latencies, elapsed
+        )
+    except (LspError, LspTimeout, LspDied) as exc:
+        raise KaffeeError(f"{label}: {exc}") from exc
+    finally:
+        server.close(timeout=30)
+
+
+def paced_report(cfg: ReplayConfig, results: list[PacedResult], cps: float, ask: str, jitter: float) -> str:
+    pace = f"{cps:g} chars/s" + (f", log-normal gaps sigma {jitter:g}" if jitter else ", even gaps")
+    lines = [
+        f"paced typing of {cfg.name} (chars {cfg.start}-{cfg.end}), model {cfg.model}, {pace}, "
+        f"inline request after every {'keystroke' if ask == 'key' else 'token start'}; "
+        f"{platform.machine()} python {platform.python_version()}",
+        "",
+        "| debounce ms | keystrokes | requests | model calls | calls per keystroke | answered "
+        "| cancelled (debounced) | p50 ms | p95 ms | max ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        mx = max(r.latencies_ms) if r.latencies_ms else float("nan")
+        lines.append(
+            f"| {r.debounce_ms} | {r.keystrokes} | {r.requests} | {r.model_calls} "
+            f"| {r.model_calls / max(1, r.keystrokes):.3f} | {r.answered} "
+            f"| {r.cancelled} ({r.counters.get('debounced', 0)}) "
+            f"| {r.pct(50):.1f} | {r.pct(95):.1f} | {mx:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def pick_file(args: argparse.Namespace) -> tuple[str, str]:
@@ -268,6 +441,30 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="seconds to let the server index the workspace",
     )
+    p.add_argument(
+        "--cps",
+        type=float,
+        default=None,
+        help="type at this many characters per second without waiting for answers (paced mode)",
+    )
+    p.add_argument(
+        "--ask",
+        choices=("token", "key"),
+        default="token",
+        help="paced mode: an inline request after each token start (default) or each keystroke",
+    )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="paced mode: log-normal keystroke gaps with this sigma (0: even gaps)",
+    )
+    p.add_argument(
+        "--debounce",
+        default="0,50",
+        help="paced mode: comma-separated debounceMs values, one run each (default 0,50)",
+    )
     args = p.parse_args(argv)
     try:
         model = args.model
@@ -291,6 +488,33 @@ def main(argv: list[str] | None = None) -> int:
             args.workspace,
             args.index_wait,
         )
+        if args.cps is not None:
+            if args.cps <= 0 or args.jitter < 0:
+                raise KaffeeError("--cps must be positive and --jitter not negative")
+            try:
+                debounces = [int(d) for d in args.debounce.split(",") if d.strip()]
+            except ValueError as exc:
+                raise KaffeeError(f"--debounce takes comma-separated milliseconds: {exc}") from exc
+            paced = []
+            for d in debounces:
+                print(f"typing at {args.cps:g} chars/s with debounce {d} ms ...", file=sys.stderr, flush=True)
+                paced.append(paced_replay(cfg, d, args.cps, args.ask, args.jitter, args.seed))
+            print(paced_report(cfg, paced, args.cps, args.ask, args.jitter))
+            if args.json:
+                args.json.write_text(
+                    json.dumps(
+                        {
+                            str(r.debounce_ms): {
+                                "keystrokes": r.keystrokes,
+                                "requests": r.requests,
+                                "counters": r.counters,
+                                "latencies_ms": r.latencies_ms,
+                            }
+                            for r in paced
+                        }
+                    )
+                )
+            return 0
         results = []
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             if mode not in ("engine", "naive"):

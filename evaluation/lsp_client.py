@@ -15,6 +15,7 @@ import os
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ class LspTimeout(Exception):
 
 class LspDied(Exception):
     """The server process is not running (did not start, crashed, or closed its stdout)."""
+
+
+@dataclass
+class Pending:
+    """A request sent and not yet waited for (``LspClient.send``); ``received_at`` is set on its answer."""
+
+    rid: int
+    method: str
+    sent_at: float  # time.perf_counter() when written
+    event: threading.Event = field(default_factory=threading.Event)
+    slot: list = field(default_factory=list)
+    received_at: float | None = None  # time.perf_counter() when the reader thread got the answer
 
 
 class LspClient:
@@ -53,7 +66,7 @@ class LspClient:
         self.proc: subprocess.Popen | None = None
         self._next_id = 0
         self._lock = threading.Lock()  # guards writes and the pending table
-        self._pending: dict[int, tuple[threading.Event, list]] = {}
+        self._pending: dict[int, Pending] = {}
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._closed = threading.Event()
         self.server_capabilities: dict[str, Any] = {}
@@ -126,17 +139,24 @@ class LspClient:
             self._write({"jsonrpc": "2.0", "method": method, "params": params})
 
     def request(self, method: str, params: Any, timeout: float = 10.0) -> Any:
-        event = threading.Event()
-        slot: list = []
+        return self.wait(self.send(method, params), timeout)
+
+    def send(self, method: str, params: Any) -> Pending:
+        """Write a request and return at once; ``wait`` for its answer later (requests in flight)."""
         with self._lock:
             self._next_id += 1
-            rid = self._next_id
-            self._pending[rid] = (event, slot)
+            pending = Pending(self._next_id, method, time.perf_counter())
+            self._pending[pending.rid] = pending
             try:
-                self._write({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+                self._write({"jsonrpc": "2.0", "id": pending.rid, "method": method, "params": params})
             except LspDied:
-                self._pending.pop(rid, None)
+                self._pending.pop(pending.rid, None)
                 raise
+        return pending
+
+    def wait(self, pending: Pending, timeout: float = 10.0) -> Any:
+        """The result of a request from ``send``; LspError for an error answer (``$/cancelRequest`` on time-out)."""
+        rid, event = pending.rid, pending.event
         deadline = time.monotonic() + timeout
         while not event.wait(timeout=min(0.05, max(0.0, deadline - time.monotonic()))):
             if self._closed.is_set() or not self.alive():
@@ -150,11 +170,11 @@ class LspClient:
                     self.notify("$/cancelRequest", {"id": rid})
                 except LspDied:
                     pass
-                raise LspTimeout(f"{method} got no answer within {timeout:g} s")
-        message = slot[0]
+                raise LspTimeout(f"{pending.method} got no answer within {timeout:g} s")
+        message = pending.slot[0]
         if "error" in message and message["error"] is not None:
             err = message["error"]
-            raise LspError(f"{method} failed: {err.get('message', err)} (code {err.get('code')})")
+            raise LspError(f"{pending.method} failed: {err.get('message', err)} (code {err.get('code')})")
         return message.get("result")
 
     # -- reader threads --------------------------------------------------------------------------
@@ -214,8 +234,9 @@ class LspClient:
         with self._lock:
             entry = self._pending.pop(rid, None)
         if entry is not None:
-            entry[1].append(message)
-            entry[0].set()
+            entry.received_at = time.perf_counter()
+            entry.slot.append(message)
+            entry.event.set()
 
     def _answer_server_request(self, message: dict) -> None:
         method = message["method"]
