@@ -96,6 +96,17 @@ def position(text: str, offset: int) -> dict:
     return {"line": line, "character": utf16_len(text[start:offset])}
 
 
+def insert(server: LspClient, uri: str, version: int, doc: str, cursor: int, piece: str) -> str:
+    """Type ``piece`` at ``cursor``: one didChange to the server; returns the new text."""
+    pos = position(doc, cursor)
+    change = {"range": {"start": pos, "end": pos}, "text": piece}
+    server.notify(
+        "textDocument/didChange",
+        {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
+    )
+    return doc[:cursor] + piece + doc[cursor:]
+
+
 def start_session(
     cfg: ReplayConfig, options: list[str], settings: dict | None = None
 ) -> tuple[LspClient, Path, str, str]:
@@ -179,14 +190,8 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
         def type_text(cursor: int, piece: str) -> None:
             """One keystroke (or an accepted suggestion, or the free indentation) at ``cursor``."""
             nonlocal doc, version
-            pos = position(doc, cursor)
             version += 1
-            change = {"range": {"start": pos, "end": pos}, "text": piece}
-            server.notify(
-                "textDocument/didChange",
-                {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
-            )
-            doc = doc[:cursor] + piece + doc[cursor:]
+            doc = insert(server, uri, version, doc, cursor, piece)
 
         def suggest(cursor: int) -> str:
             params = {
@@ -287,14 +292,8 @@ def paced_replay(
                 due += gap
                 keystrokes += 1
                 time.sleep(max(0.0, due - time.perf_counter()))
-            pos = position(doc, cursor)
             version += 1
-            change = {"range": {"start": pos, "end": pos}, "text": piece}
-            server.notify(
-                "textDocument/didChange",
-                {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
-            )
-            doc = doc[:cursor] + piece + doc[cursor:]
+            doc = insert(server, uri, version, doc, cursor, piece)
             if ask_after:
                 params = {
                     "textDocument": {"uri": uri},
