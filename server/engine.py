@@ -45,6 +45,7 @@ from kaffee.server.hints import MemberHints, member_table
 from kaffee.server.java_tokens import open_type_arguments, trailing_word
 from kaffee.server.postprocess import BlockStop, LineStop, finish_block, finish_line
 from kaffee.server.project import ProjectConfig, ProjectIndex, prompt_head
+from kaffee.server.remote import RemoteBackend
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class CompletionEngine:
         self._primary = self.model  # the neural model each request tries first (None: there is none)
         self.runner = self._runner(self.model) if self.model is not None else None
         self._primary_runner = self.runner
+        self.remote: RemoteBackend | None = None  # an OpenAI-compatible backend asked first (remote.py)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -520,6 +522,14 @@ class CompletionEngine:
         if self.degraded and self._fallback is None:
             self._use_fallback(prefix[-20000:])
         prompt = self._prompt(prefix, suffix, document=document)
+        type_depth = open_type_arguments(_statement_tail(prefix))
+        if self.remote is not None and self.remote.available():
+            pieces = self.options.token_max_pieces
+            ranked = self.remote.next_tokens(
+                prompt, trailing_word(prefix), k, pieces, type_depth, deadline, cancel
+            )
+            if ranked is not None:  # None: the backend failed or returns no logprobs
+                return [TokenSuggestion(c.text, lp, c.attached) for c, lp in ranked]
         state = self._state_for(prompt.ids)
         ranked = token_beam(
             self.runner,
@@ -533,7 +543,7 @@ class CompletionEngine:
             max_pieces=self.options.token_max_pieces,
             deadline=deadline,
             cancel=cancel,
-            type_depth=open_type_arguments(_statement_tail(prefix)),
+            type_depth=type_depth,
         )
         return [TokenSuggestion(c.text, lp, c.attached) for c, lp in ranked]
 
@@ -551,9 +561,14 @@ class CompletionEngine:
         line_suffix = current_line_suffix(suffix)
         stop = BlockStop(block, max_lines, style) if block else LineStop(line_suffix)
         max_new = opts.max_new_tokens_block if block else opts.max_new_tokens
-        if opts.naive:
+        gen = None
+        if self.remote is not None and self.remote.available():  # None back: the local model answers
+            gen = self.remote.complete(
+                self._prompt(prefix, suffix, document=document), stop, max_new, deadline, cancel
+            )
+        if gen is None and opts.naive:
             gen = self._naive(prefix, suffix, stop, max_new, document)
-        else:
+        elif gen is None:
             prompt = self._prompt(prefix, suffix, document=document)
             state = self._state_for(prompt.ids)
             previous = self._previous.ids if self._previous is not None else None
