@@ -56,6 +56,22 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="set an EngineOptions field, e.g. speculate=0, quantize=none, naive=true (repeatable)",
     )
+    serve.add_argument(
+        "--backend",
+        default=None,
+        metavar="openai:URL",
+        help="ask an OpenAI-compatible /v1/completions server (llama.cpp, vLLM, TGI, Ollama) for suggestions, "
+        "e.g. openai:http://gpu-box:8080/v1; the local model answers while it is down or slow",
+    )
+    serve.add_argument(
+        "--remote-model", default=None, metavar="NAME", help="the model the backend requests name"
+    )
+    serve.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the backend's API key (sent as a bearer token)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     complete = subparsers.add_parser(
@@ -145,6 +161,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is not a loopback address: LSP over TCP has no authentication, so anyone "
             "who reaches the port could read and send code; pass --allow-remote if that is what you want"
         )
+    remote = None
+    if args.backend is not None:
+        from kaffee.server.remote import parse_backend
+
+        remote = parse_backend(args.backend, args.remote_model, args.api_key_env)
+    elif args.remote_model or args.api_key_env:
+        raise KaffeeError("--remote-model and --api-key-env need --backend openai:URL")
     setup_logging(args.log_level, args.log_file)
     # The protocol owns the real stdout; anything printed by accident goes to stderr.
     stdout = sys.stdout.buffer
@@ -155,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # KAFFEE_STEP_DELAY_MS: a testing aid that makes every model call slow (cancellation tests).
     delay = float(os.environ.get("KAFFEE_STEP_DELAY_MS", "0") or 0)
     options = parse_engine_options(args.engine_option, step_delay_ms=delay)
-    server = build_server(model_dir=args.model, device=args.device, engine_options=options)
+    server = build_server(model_dir=args.model, device=args.device, engine_options=options, remote=remote)
     log = logging.getLogger("kaffee.server")
     if args.tcp:
         if not is_loopback(args.host):

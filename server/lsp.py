@@ -37,6 +37,7 @@ from kaffee.server.documents import ENCODINGS, DocumentStore, clamp_position
 from kaffee.server.engine import Completion, CompletionEngine, EngineOptions, TokenSuggestion
 from kaffee.server.java_tokens import first_token, trailing_word
 from kaffee.server.memory import trim_heap
+from kaffee.server.remote import RemoteBackend, RemoteConfig, parse_backend
 from kaffee.server.settings import ServerSettings, parse_settings
 from kaffee.server.stats import StatsRecorder, stats_path
 from kaffee.server.transport import DocumentSyncProtocol
@@ -138,6 +139,7 @@ class KaffeeLanguageServer(LanguageServer):
         model_dir: Path | None = None,
         device: str | None = None,
         engine_options: EngineOptions | None = None,
+        remote: RemoteConfig | None = None,
     ):
         super().__init__(
             "kaffee",
@@ -147,6 +149,8 @@ class KaffeeLanguageServer(LanguageServer):
         )
         self.cli_model_dir = model_dir  # --model; settings.model_path overrides it
         self.cli_device = device  # --device; settings.device overrides it when given
+        self.cli_remote = remote  # --backend; the backend setting overrides it
+        self._remote_config: RemoteConfig | None = None  # what the engine's backend was built from
         self.engine_options = engine_options or EngineOptions()
         self.cli_options = replace(
             self.engine_options
@@ -181,6 +185,12 @@ class KaffeeLanguageServer(LanguageServer):
     def check_engine_health(self) -> None:
         """Tell the user when suggestions start, or stop, coming from the n-gram fallback."""
         engine = self.engine
+        remote = engine.remote if engine is not None else None
+        notice = remote.take_notice() if remote is not None else None
+        if notice is not None:  # the backend went down or came back: once each time
+            message, good = notice
+            self.send_status()
+            self.notify_user(message, types.MessageType.Info if good else types.MessageType.Warning)
         degraded = engine is not None and engine.degraded
         if degraded == self._told_degraded:
             return
@@ -233,6 +243,8 @@ class KaffeeLanguageServer(LanguageServer):
                 backend = type(m).__name__ + (f" {q}" if q and q != "none" else "")
             dev = getattr(m, "device", None) if m is not None and not engine.degraded else None
             device = str(dev) if dev is not None else device
+            if engine.remote is not None and engine.remote.up:
+                backend, device = f"remote {engine.remote.describe()}", "remote"
         if not self.settings.enable:
             state = "disabled"
         elif self.engine_error is not None:
@@ -319,6 +331,8 @@ class KaffeeLanguageServer(LanguageServer):
             self.engine.options.project_context = project
         if not initial:
             self.load_engine()
+            if self.engine is not None and self.remote_config() != self._remote_config:
+                self._worker.submit(self._attach_remote, self.engine)  # between requests, not during one
             self.send_status()  # enable may have changed
             if turned_on and self.engine is not None:
                 threading.Thread(
@@ -333,6 +347,33 @@ class KaffeeLanguageServer(LanguageServer):
         from kaffee.models import default_model_dir
 
         return default_model_dir()
+
+    def remote_config(self) -> RemoteConfig | None:
+        """The backend from the settings, else from ``--backend``; None: the local model only."""
+        s = self.settings
+        if s.backend is None:
+            return self.cli_remote
+        try:
+            return parse_backend(s.backend, s.remote_model, s.api_key_env)
+        except KaffeeError as exc:  # settings checked the form; this is a bad URL or key variable
+            self.notify_user(f"backend {s.backend}: {exc}", types.MessageType.Error)
+            return self.cli_remote
+
+    def _attach_remote(self, engine: CompletionEngine) -> None:
+        """Give ``engine`` the configured backend (on the model thread), closing the one it had."""
+        config = self.remote_config()
+        old, engine.remote = engine.remote, None
+        self._remote_config = config
+        if old is not None:
+            old.close()
+        if config is None:
+            return
+        try:
+            engine.remote = RemoteBackend(config, engine.tokenizer)
+        except KaffeeError as exc:
+            self.notify_user(f"backend {config.url}: {exc}", types.MessageType.Error)
+            return
+        log.info("suggestions come from %s (the local model answers when it is down or slow)", config.url)
 
     def load_engine(self) -> None:
         """(Re)load the engine on the worker thread when the model path or device changed."""
@@ -373,6 +414,10 @@ class KaffeeLanguageServer(LanguageServer):
         # settings that changed while the model loaded
         for name in ("max_lines", "workspace_cache", "project_context"):
             setattr(engine.options, name, getattr(self.engine_options, name))
+        old = self.engine
+        if old is not None and old.remote is not None:
+            old.remote.close()
+        self._attach_remote(engine)
         self.engine, self.engine_error = engine, None
         trim_heap()
         self._told_degraded = engine.degraded
@@ -636,10 +681,13 @@ def prepare_params(method: str, params: Any) -> None:
 
 
 def build_server(
-    model_dir: Path | None = None, device: str | None = None, engine_options: EngineOptions | None = None
+    model_dir: Path | None = None,
+    device: str | None = None,
+    engine_options: EngineOptions | None = None,
+    remote: RemoteConfig | None = None,
 ) -> KaffeeLanguageServer:
-    """A language server with Kaffee's features registered."""
-    server = KaffeeLanguageServer(model_dir, device, engine_options)
+    """A language server with Kaffee's features registered (``remote``: an OpenAI-compatible backend)."""
+    server = KaffeeLanguageServer(model_dir, device, engine_options, remote)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: KaffeeLanguageServer, params: types.InitializeParams) -> None:
@@ -688,9 +736,21 @@ def build_server(
 
     @server.feature(COUNTERS_METHOD)
     def counters(ls: KaffeeLanguageServer, params: Any) -> dict[str, int]:
-        """Requests seen, debounced and superseded, and ``modelCalls``: engine calls that reached the model."""
+        """Requests seen, debounced and superseded, ``modelCalls`` (engine calls that reached the model),
+        and with a backend how its calls went (``remoteAnswered``, ``remoteFallbacks``, …)."""
         engine = ls.engine
-        return {**ls.counters, "modelCalls": engine.stats.requests if engine is not None else 0}
+        remote = engine.remote.stats if engine is not None and engine.remote is not None else None
+        extra = (
+            {}
+            if remote is None
+            else {
+                "remoteAnswered": remote.answered,
+                "remoteFallbacks": remote.fallbacks,
+                "remoteHealRetries": remote.heal_retries,
+                "remoteCancelled": remote.cancelled,
+            }
+        )
+        return {**ls.counters, "modelCalls": engine.stats.requests if engine is not None else 0, **extra}
 
     @server.command(ACCEPT_COMMAND)
     def accepted(ls: KaffeeLanguageServer, *args: Any) -> None:

@@ -24,6 +24,9 @@ class ServerSettings:
     stats: bool = True  # count shown/accepted suggestions into the local stats file (server/stats.py)
     debounce_ms: int = 50  # a request within this long of the previous one (same document and kind)
     # waits this long and is dropped if a newer one comes meanwhile; 0: off
+    backend: str | None = None  # openai:URL: suggestions from that server (None: the --backend flag, if any)
+    remote_model: str | None = None  # the "model" a backend request names (None: the server's first)
+    api_key_env: str | None = None  # environment variable holding the backend's bearer token
 
 
 # JSON name -> (field name, check returning an error message or None)
@@ -50,6 +53,23 @@ def _check_debounce(v: Any) -> str | None:
     return None if ok else "must be a number of milliseconds from 0 (off) to 2000"
 
 
+def _check_backend(v: Any) -> str | None:
+    if v is None:
+        return None
+    from kaffee.errors import KaffeeError
+    from kaffee.server.remote import parse_backend
+
+    try:
+        parse_backend(v if isinstance(v, str) else "")
+    except KaffeeError as exc:
+        return f"must be openai:URL or null ({exc})"
+    return None
+
+
+def _check_name(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, str) and v.strip()) else "must be a name (string) or null"
+
+
 def _check_bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
@@ -67,6 +87,9 @@ _FIELDS = {
     "enable": ("enable", _check_bool),
     "stats": ("stats", _check_bool),
     "debounceMs": ("debounce_ms", _check_debounce),
+    "backend": ("backend", _check_backend),
+    "remoteModel": ("remote_model", _check_name),
+    "apiKeyEnv": ("api_key_env", _check_name),
 }
 assert {f for f, _ in _FIELDS.values()} == {f.name for f in fields(ServerSettings)}
 
