@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from kaffee.errors import KaffeeError
-from kaffee.models import gpt, lstm, ngram
+from kaffee.models import bert, gpt, lstm, ngram
 from kaffee.models.lm import LanguageModel
 
 
@@ -17,12 +17,14 @@ class Family:
     config_cls: type  # the family's config dataclass
     presets: dict[str, dict]  # preset name -> config overrides
     neural: bool  # trained by gradient descent (else by counting)
+    objective: str = "causal"  # "causal" (next token) or "mlm" (masked tokens, both sides seen: no FIM)
 
 
 FAMILIES: dict[str, Family] = {
     "gpt": Family("gpt", gpt.GPTConfig, gpt.PRESETS, True),
     "lstm": Family("lstm", lstm.LSTMConfig, lstm.PRESETS, True),
     "ngram": Family("ngram", ngram.NgramConfig, ngram.PRESETS, False),
+    "bert": Family("bert", bert.BERTConfig, bert.PRESETS, True, objective="mlm"),
 }
 
 
@@ -48,6 +50,8 @@ def build_module(family: str, cfg) -> torch.nn.Module:
         return gpt.build_module(cfg)
     if family == "lstm":
         return lstm.LSTMModule(cfg)
+    if family == "bert":
+        return bert.build_module(cfg)
     raise KaffeeError(f"family {family!r} has no torch module")
 
 
@@ -57,6 +61,8 @@ def wrap(family: str, cfg, module_or_counts) -> LanguageModel:
         return gpt.GPTModel(cfg, module_or_counts)
     if family == "lstm":
         return lstm.LSTMModel(cfg, module_or_counts)
+    if family == "bert":
+        return bert.BERTModel(cfg, module_or_counts)
     return ngram.NgramModel(cfg, module_or_counts)
 
 
@@ -91,4 +97,11 @@ def from_tensors(family: str, cfg, tensors: dict[str, torch.Tensor], device: str
 
 
 def _is_tied_name(name: str) -> bool:
-    return name in ("lm_head.weight", "head.weight", "model.embed_tokens.weight", "embed.weight")
+    return name in (
+        "lm_head.weight",
+        "head.weight",
+        "model.embed_tokens.weight",
+        "embed.weight",
+        "cls.predictions.decoder.weight",  # bert: the input embedding
+        "cls.predictions.decoder.bias",  # bert: cls.predictions.bias
+    )

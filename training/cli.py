@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-FAMILY_NAMES = ("gpt", "lstm", "ngram")  # kept literal so `kaffee --help` does not import torch
+FAMILY_NAMES = ("gpt", "lstm", "ngram", "bert")  # kept literal so `kaffee --help` does not import torch
 
 
 def _loop_args(p: argparse.ArgumentParser, lr: float, steps: int) -> None:
@@ -76,7 +76,7 @@ def _train_config(args: argparse.Namespace):
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
         "train",
-        help="train a gpt, lstm or ngram model on a corpus",
+        help="train a gpt, lstm, ngram or bert model on a corpus",
         description="Train a model family from a preset on a corpus directory (or a train.jsonl[.xz] export) "
         "and write a model directory (config.json, model.safetensors, tokenizer.json, card.md).",
     )

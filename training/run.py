@@ -21,7 +21,7 @@ from kaffee.models import checkpoint, families
 from kaffee.models.ngram import NgramCounts
 from kaffee.training.card import model_card
 from kaffee.training.data import BlockSampler, DataConfig, cached_token_stream
-from kaffee.training.trainer import TrainConfig, evaluate, train
+from kaffee.training.trainer import TrainConfig, evaluate, objective, train
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     model_cfg = families.make_config(job.family, job.preset, tok.vocab_size, **(overrides or {}))
     fam = families.get_family(job.family)
     cache_dir = job.out.parent / f".{job.out.name}.data-cache"
-    fim_rate = data_cfg.fim_rate if fam.neural else 0.0
+    # an mlm family (bert) sees both sides of every mask already: fill-in-the-middle samples only reorder its text
+    fim_rate = data_cfg.fim_rate if fam.neural and fam.objective == "causal" else 0.0
     meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), "fim_rate": fim_rate}
     data = {"corpus": str(job.corpus.resolve()), "fim_rate": fim_rate, "max_docs": data_cfg.max_docs}
     spec = run_spec(job.family, model_cfg, tok, cfg, data)
@@ -347,6 +348,7 @@ def run_finetune(
         cfg.eval_blocks,
         cfg.batch_size,
         device,
+        objective(base.family, base.cfg, tok),
     )
     _say(f"validation loss before: {before:.4f}")
     meta = {

@@ -75,6 +75,25 @@ def lm_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
+# (module, inputs (B, T), next-token targets (B, T), batch seed) -> the mean loss training minimises
+Loss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def causal_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    return lm_loss(module, x, y)
+
+
+def objective(family: str, model_cfg, tokenizer: KaffeeTokenizer) -> Loss:
+    """A family's training loss: next-token cross-entropy, or for an ``mlm`` family (bert) the
+    masked-token loss on the inputs, with masks drawn from the batch seed (``models/bert.py: mlm_loss``)."""
+    if families.get_family(family).objective != "mlm":
+        return causal_loss
+    from kaffee.models.bert import mask_id, mlm_loss
+
+    mask, vocab, rate = mask_id(tokenizer), model_cfg.vocab_size, model_cfg.mask_rate
+    return lambda module, x, y, seed: mlm_loss(module, x, mask, vocab, rate, seed)
+
+
 def make_optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
@@ -85,9 +104,14 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 @torch.no_grad()
 def evaluate(
-    module: torch.nn.Module, sampler: BlockSampler | None, blocks: int, batch: int, device
+    module: torch.nn.Module,
+    sampler: BlockSampler | None,
+    blocks: int,
+    batch: int,
+    device,
+    loss_fn: Loss = causal_loss,
 ) -> float | None:
-    """Mean validation loss (nats/token) over the first ``blocks`` blocks in a fixed order."""
+    """Mean validation loss (nats/token) over the first ``blocks`` blocks in a fixed order (and fixed masks)."""
     if sampler is None:
         return None
     was_training = module.training
@@ -97,7 +121,7 @@ def evaluate(
     for start in range(0, n, batch):
         rows = sampler.rows(list(range(start, min(n, start + batch))))
         t = torch.from_numpy(rows.astype(np.int64)).to(device)
-        loss = lm_loss(module, t[:, :-1], t[:, 1:])
+        loss = loss_fn(module, t[:, :-1], t[:, 1:], start)
         total += loss.item() * len(rows)
         count += len(rows)
     module.train(was_training)
@@ -137,6 +161,7 @@ def train(
     device = accel.device
     torch.manual_seed(cfg.seed)
     module = families.build_module(family, model_cfg)
+    loss_fn = objective(family, model_cfg, tokenizer)
     state = RunState()
     opt_state_dir = None
     if resume:
@@ -241,7 +266,7 @@ def train(
                 sync = micro == cfg.grad_accum - 1
                 ctx = accel.no_sync(train_module) if not sync and world > 1 else contextlib.nullcontext()
                 with ctx, accel.autocast():
-                    loss = lm_loss(train_module, x, y) / cfg.grad_accum
+                    loss = loss_fn(train_module, x, y, cfg.seed * 1_000_003 + first) / cfg.grad_accum
                 accel.backward(loss)
                 loss_sum += loss.detach().float()
             if cfg.grad_clip:
@@ -277,7 +302,9 @@ def train(
         stopped_by_time = cfg.max_minutes is not None and elapsed_min >= cfg.max_minutes
         last = state.step == cfg.max_steps or stopped_by_time
         if state.step % cfg.eval_interval == 0 or last:
-            val = evaluate(accel.unwrap_model(train_module), valid, cfg.eval_blocks, cfg.batch_size, device)
+            val = evaluate(
+                accel.unwrap_model(train_module), valid, cfg.eval_blocks, cfg.batch_size, device, loss_fn
+            )
             if val is not None:
                 state.best_val = val if state.best_val is None else min(state.best_val, val)
                 rec = {"step": state.step, "val_loss": val, "train_loss": loss_value}
