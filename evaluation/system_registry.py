@@ -12,10 +12,12 @@ from kaffee.errors import KaffeeError
 from kaffee.evaluation.system_base import System, SystemSettings, SystemSpec
 
 MODEL_KINDS = ("gpt", "lstm", "ngram", "model")
-SYSTEM_KINDS = (*MODEL_KINDS, "mft", "lsp")
+DIR_KINDS = (*MODEL_KINDS, "bert")  # KIND:DIR specs (bert answers by filling masks, not through the engine)
+SYSTEM_KINDS = (*DIR_KINDS, "mft", "lsp")
 SPEC_HELP = (
     "a system spec is KIND:DIR[,option=value...] with KIND one of gpt, lstm, ngram, model "
     "(options: cache=on|off, project=on|off, fim=on|off, ctx=TOKENS, label=NAME, or any EngineOptions field), "
+    "bert:DIR (a masked LM filling mask slots at the cursor; options slots, beam, ahead, max_pieces, right, label), "
     "'mft' (most-frequent-token baseline from the train split), or 'lsp:COMMAND' (a stdio language server)"
 )
 
@@ -41,7 +43,7 @@ def parse_system_spec(spec: str) -> SystemSpec:
         options = _parse_options(opts, raw) if opts else {}
         label = options.pop("label", "mft")
         return SystemSpec("mft", "", options, label=label, text=spec)
-    if kind not in MODEL_KINDS or not sep:
+    if kind not in DIR_KINDS or not sep:
         raise KaffeeError(f"cannot parse system spec {raw!r}; {SPEC_HELP}")
     target, _, opts = rest.partition(",")
     target = target.strip()
@@ -69,6 +71,12 @@ def _engine(spec: SystemSpec, settings: SystemSettings, train_texts) -> System:
     from kaffee.evaluation.systems import EngineSystem
 
     return EngineSystem(spec, device=settings.device)
+
+
+def _bert(spec: SystemSpec, settings: SystemSettings, train_texts) -> System:
+    from kaffee.evaluation.bert_system import BertSystem
+
+    return BertSystem(spec, device=settings.device)
 
 
 def _mft(spec: SystemSpec, settings: SystemSettings, train_texts) -> System:
@@ -106,7 +114,12 @@ def _lsp(spec: SystemSpec, settings: SystemSettings, train_texts) -> System:
 
 # kind -> builder(spec, settings, train_texts); train_texts(max_files) yields train-split texts
 Builder = Callable[[SystemSpec, SystemSettings, "Callable[[int], Iterable[str]] | None"], System]
-SYSTEM_KINDS: dict[str, Builder] = {**{kind: _engine for kind in MODEL_KINDS}, "mft": _mft, "lsp": _lsp}
+SYSTEM_KINDS: dict[str, Builder] = {
+    **{kind: _engine for kind in MODEL_KINDS},
+    "bert": _bert,
+    "mft": _mft,
+    "lsp": _lsp,
+}
 
 
 def build_system(spec: SystemSpec, settings: SystemSettings, train_texts=None) -> System:
