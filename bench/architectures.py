@@ -1,12 +1,14 @@
 """Which network for which budget: every family trained on the same data for the same minutes.
 
 Issue 11's comparison, run through the same commands a user runs: ``kaffee train`` for
-each family (n-gram, LSTM, GRU, GPT) on one corpus and tokenizer, for each training
+each family (n-gram, LSTM, GRU, GPT, BERT) on one corpus and tokenizer, for each training
 budget in minutes (the n-gram only counts, once), then one ``kaffee eval`` of all of
 them on the same held-out positions, which also reports each system's cost (params,
 disk, load time, memory, CPU per prediction). Writes ``architectures.md`` (a table) and
 ``architectures.png`` (quality against training budget, and against CPU time per
-prediction) in ``--out``. BERT is not part of it yet (issue 11 item 2).
+prediction) in ``--out``. BERT answers as ``bert:DIR`` (mask slots at the cursor, seeing the
+text after it; ``evaluation/bert_system.py``), the others through the completion engine
+with its cache and project context off.
 
     python -P bench/architectures.py --corpus runs/corpus-full --eval-corpus runs/corpus-apps \\
         --tokenizer models/default/tokenizer.json --budgets 1,2 --max-docs 3000 --out runs/arch
@@ -29,8 +31,10 @@ FAMILIES = {  # name -> kaffee train arguments
     "lstm": ["--family", "lstm"],
     "gru": ["--family", "lstm", "--set", "cell=gru"],
     "gpt": ["--family", "gpt"],
+    "bert": ["--family", "bert"],
 }
-SPEC_KIND = {"ngram": "ngram", "lstm": "lstm", "gru": "lstm", "gpt": "gpt"}
+SPEC_KIND = {"ngram": "ngram", "lstm": "lstm", "gru": "lstm", "gpt": "gpt", "bert": "bert"}
+ENGINE_OPTIONS = "cache=off,project=off,"  # the engine's extras off: the network alone is compared
 
 
 def kaffee(*args: str) -> None:
@@ -63,10 +67,9 @@ def train_all(args: argparse.Namespace) -> dict[str, Path]:
 def evaluate(args: argparse.Namespace, models: dict[str, Path]) -> dict:
     systems = []
     for label, model in models.items():
-        systems += [
-            "--system",
-            f"{SPEC_KIND[label.split('-')[0]]}:{model},cache=off,project=off,label={label}",
-        ]
+        kind = SPEC_KIND[label.split("-")[0]]
+        options = "" if kind == "bert" else ENGINE_OPTIONS  # bert:DIR does not use the engine
+        systems += ["--system", f"{kind}:{model},{options}label={label}"]
     tasks = ["--task", "token", "--task", "line"]
     kaffee(
         "eval", "--corpus", str(args.eval_corpus), *systems, *tasks,
@@ -144,7 +147,7 @@ def main() -> int:
     p.add_argument("--corpus", type=Path, required=True, help="training corpus (its train split)")
     p.add_argument("--eval-corpus", type=Path, required=True, help="held-out corpus (its test split)")
     p.add_argument("--tokenizer", type=Path, required=True)
-    p.add_argument("--families", default="ngram,lstm,gru,gpt")
+    p.add_argument("--families", default="ngram,lstm,gru,gpt,bert")
     p.add_argument("--budgets", default="1,2", help="training minutes per neural run, comma-separated")
     p.add_argument("--preset", default="small")
     p.add_argument("--max-docs", type=int, default=3000, help="training documents (same for every family)")
