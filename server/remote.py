@@ -205,6 +205,7 @@ class RemoteBackend:
                 self._probing = True
         if due:
             asyncio.run_coroutine_threadsafe(self._probe(), self._loop)
+        self.stats.fallbacks += 1  # the local model answers this call
         return False
 
     def complete(
