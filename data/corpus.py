@@ -1,6 +1,11 @@
 """The corpus pipeline: sources -> decode/filter/scrub/sign (parallel) -> exact dedup -> project split
 -> near dedup (valid/test first, so train never keeps a near duplicate of them) -> Arrow dataset.
 
+It streams: kept files are spooled to disk as they come (:mod:`kaffee.data.spool`), only small
+per-file facts stay in memory (exact-dedup hash, project id, size; MinHash signatures stay on
+disk), the split needs only per-project counts, and the dataset is written batch by batch
+(:mod:`kaffee.data.dataset_writer`). So peak memory does not grow with the size of the texts.
+
 The dataset is written to a temporary folder next to ``out`` and swapped into place
 (:mod:`kaffee.atomic_dir`), so a build killed at any instant leaves the previous or the new
 complete corpus at ``out``; the next build cleans up what a killed one left. See DESIGN.md,
@@ -9,6 +14,7 @@ complete corpus at ``out``; the next build cleans up what a killed one left. See
 
 from __future__ import annotations
 
+import array
 import collections
 import datetime
 import hashlib
@@ -26,8 +32,10 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data import debian, dedup, filters, secrets
+from kaffee.data.dataset_writer import DatasetWriter, shard_sizes
 from kaffee.data.sources import (
     Limits,
     RawFile,
@@ -39,11 +47,13 @@ from kaffee.data.sources import (
     resolve_path,
 )
 from kaffee.data.split import SPLITS, SplitConfig, split_projects
+from kaffee.data.spool import RowSpool
 from kaffee.errors import KaffeeError
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 COLUMNS = ("text", "project", "path", "sha256", "split")
+FEATURES = datasets.Features({c: datasets.Value("string") for c in COLUMNS})
 STATS_FILE = "stats.json"
 
 
@@ -60,6 +70,8 @@ class BuildConfig:
     projects_from_subdirs: bool = False  # each top-level folder of a dir/archive source is a project
     cache_dir: Path = field(default_factory=debian.default_cache_dir)  # Debian downloads and apt state
     batch_files: int = 256  # files per unit of parallel work
+    batch_rows: int = 1024  # kept rows per Arrow batch, spooled to disk and written out (bounds memory)
+    shard_bytes: int = 500_000_000  # text bytes per output Arrow shard (save_to_disk's default 500 MB)
     limits: Limits = field(default_factory=Limits)  # size and expansion bounds of sources
     filters: filters.FilterConfig = field(default_factory=filters.FilterConfig)  # file filters
     minhash: dedup.MinHashConfig = field(default_factory=dedup.MinHashConfig)  # near-dedup parameters
@@ -111,7 +123,7 @@ def _init_worker(fcfg: filters.FilterConfig, mcfg: dedup.MinHashConfig, in_pool:
 
 def process_batch(batch: list[RawFile]) -> list[tuple]:
     """Decode, filter, scrub and sign files. Kept: (project, path, text, sha256, normhash, sig, latin1,
-    secrets); dropped: (project, path, None, reason, nbytes)."""
+    secrets, nbytes read, nbytes of text as UTF-8); dropped: (project, path, None, reason, nbytes)."""
     fcfg, signer = _WORKER["filters"], _WORKER["signer"]
     out: list[tuple] = []
     for raw in batch:
@@ -123,9 +135,9 @@ def process_batch(batch: list[RawFile]) -> list[tuple]:
             out.append((raw.project, raw.path, None, cleaned.reason, len(raw.data)))
             continue
         text, found = secrets.scrub(cleaned.text)
-        sha = hashlib.sha256(text.encode()).hexdigest()
-        out.append((raw.project, raw.path, text, sha, dedup.normalised_hash(text), signer.signature(text),
-                    cleaned.latin1, dict(found), len(raw.data)))  # fmt: skip
+        encoded = text.encode()
+        out.append((raw.project, raw.path, text, hashlib.sha256(encoded).hexdigest(), dedup.normalised_hash(text),
+                    signer.signature(text), cleaned.latin1, dict(found), len(raw.data), len(encoded)))  # fmt: skip
     return out
 
 
@@ -134,14 +146,17 @@ def process_batch(batch: list[RawFile]) -> list[tuple]:
 
 @dataclass
 class _Collected:
-    """Kept files (after exact dedup) and the counters of the processing stage."""
+    """The counters of the processing stage; kept files (after exact dedup) go to ``spool``.
 
-    texts: list[str] = field(default_factory=list)
-    projects: list[str] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    shas: list[str] = field(default_factory=list)
-    sigs: list[np.ndarray] = field(default_factory=list)
-    seen_norm: set[bytes] = field(default_factory=set)
+    What stays in memory per kept file is small and independent of its text: its 16-byte
+    exact-dedup hash, its project id and its size.
+    """
+
+    spool: RowSpool  # kept rows and their MinHash signatures, on disk
+    seen_norm: set[bytes] = field(default_factory=set)  # exact-dedup hashes of the kept files
+    project_ids: dict[str, int] = field(default_factory=dict)  # project -> id, by first appearance
+    row_project: array.array = field(default_factory=lambda: array.array("i"))  # project id per kept row
+    row_bytes: array.array = field(default_factory=lambda: array.array("q"))  # UTF-8 bytes per kept row
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
     secrets: collections.Counter[str] = field(default_factory=collections.Counter)
     files_seen: int = 0
@@ -155,7 +170,7 @@ class _Collected:
             self.dropped[rec[3]] += 1
             self.bytes_seen += rec[4]
             return
-        project, path, text, sha, norm, sig, latin1, found, nbytes = rec
+        project, path, text, sha, norm, sig, latin1, found, nbytes, text_bytes = rec
         self.bytes_seen += nbytes
         self.latin1 += latin1
         if found:
@@ -165,11 +180,9 @@ class _Collected:
             self.dropped["exact_duplicate"] += 1
             return
         self.seen_norm.add(norm)
-        self.texts.append(text)
-        self.projects.append(project)
-        self.paths.append(path)
-        self.shas.append(sha)
-        self.sigs.append(sig)
+        self.spool.add(text, project, path, sha, sig)
+        self.row_project.append(self.project_ids.setdefault(project, len(self.project_ids)))
+        self.row_bytes.append(text_bytes)
 
 
 def resolve_sources(cfg: BuildConfig, failed: list[dict[str, str]]) -> list[Source]:
@@ -234,8 +247,8 @@ def _raw_batches(sources: list[Source], cfg: BuildConfig, failed: list[dict[str,
 
 
 def _process(sources: list[Source], cfg: BuildConfig, failed: list[dict[str, str]],
-             per_source: dict[str, int]) -> _Collected:  # fmt: skip
-    col = _Collected()
+             per_source: dict[str, int], spool: RowSpool) -> _Collected:  # fmt: skip
+    col = _Collected(spool)
     bar = tqdm(desc="process", unit="file", disable=not cfg.progress, smoothing=0.05)
     batches = _raw_batches(sources, cfg, failed, per_source)
     if cfg.num_proc == 1:
@@ -275,18 +288,6 @@ def _check_out(cfg: BuildConfig) -> None:
             raise KaffeeError(f"refusing to replace {out}: it is not a corpus directory (no {STATS_FILE})")
 
 
-def write_atomically(ds: datasets.Dataset, stats: dict[str, Any], out: Path) -> None:
-    """save_to_disk into a temporary sibling of ``out``, then swap it into place (kaffee.atomic_dir)."""
-    tmp = make_tmp_dir(out)
-    try:
-        ds.save_to_disk(str(tmp))
-        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _rewrite_stats(stats: dict[str, Any], out: Path) -> None:
     """Replace out/stats.json by rename, so a kill never leaves a truncated one in a complete corpus."""
     tmp = out / f".{STATS_FILE}.tmp-{os.getpid()}"
@@ -295,16 +296,40 @@ def _rewrite_stats(stats: dict[str, Any], out: Path) -> None:
 
 
 def build(cfg: BuildConfig) -> dict[str, Any]:
-    """Build the corpus; return its stats (also written to ``out/stats.json``)."""
+    """Build the corpus; return its stats (also written to ``out/stats.json``).
+
+    Everything is written into a temporary sibling of ``out`` (kept rows spooled to disk as they
+    come, then the dataset shards), which is swapped into place at the end (kaffee.atomic_dir).
+    """
     t0 = time.time()
     _check_out(cfg)
     failed: list[dict[str, str]] = []
     sources = resolve_sources(cfg, failed)
-    t_download = time.time() - t0
+    timing = {"download": time.time() - t0}
+    tmp = make_tmp_dir(cfg.out)
+    try:
+        stats = _build_into(tmp, cfg, sources, failed, timing)
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        replace_dir(tmp, cfg.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    stats["timing_s"]["total"] = round(time.time() - t0, 1)
+    _rewrite_stats(stats, cfg.out)  # same content plus the total time
+    return stats
+
+
+def _build_into(tmp: Path, cfg: BuildConfig, sources: list[Source], failed: list[dict[str, str]],
+                timing: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    t = time.time()
+    spool = RowSpool(tmp / ".spool", cfg.minhash.num_perm, batch_rows=cfg.batch_rows)
     per_source: dict[str, int] = {}
-    col = _process(sources, cfg, failed, per_source)
-    t_process = time.time() - t0 - t_download
-    if not col.texts:
+    try:
+        col = _process(sources, cfg, failed, per_source, spool)
+    finally:
+        spool.close()
+    timing["process"] = time.time() - t
+    if spool.num_rows == 0:
         tried = ", ".join(cfg.sources + ([f"recipe {cfg.recipe}"] if cfg.recipe else []))
         if col.files_seen == 0:
             raise KaffeeError(f"no Java files found in {tried}" + _failures_note(failed))
@@ -312,52 +337,72 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                           f"{dict(col.dropped)}" + _failures_note(failed))  # fmt: skip
 
     # split by project, then near-dedup with valid/test first so train never keeps a near duplicate of them
-    files_per_project = collections.Counter(col.projects)
-    assign = split_projects(files_per_project, cfg.split)
-    splits = [assign[p] for p in col.projects]
-    sigs = np.stack(col.sigs)
-    order = [i for name in ("test", "valid", "train") for i, s in enumerate(splits) if s == name]
-    log.info("near-dedup of %d files", len(order))
-    dropped_near = dedup.near_duplicates(
-        sigs, tqdm(order, desc="near-dedup", disable=not cfg.progress), cfg.minhash
+    t = time.time()
+    row_project = np.frombuffer(col.row_project, dtype=np.int32)
+    projects = list(col.project_ids)
+    assign = split_projects(dict(zip(projects, np.bincount(row_project).tolist(), strict=True)), cfg.split)
+    row_split = np.array([SPLITS.index(assign[p]) for p in projects], np.int8)[row_project]
+    order = np.concatenate(
+        [np.flatnonzero(row_split == SPLITS.index(name)) for name in ("test", "valid", "train")]
     )
-    near_eval = sum(1 for i, j in dropped_near.items() if splits[i] == "train" and splits[j] != "train")
+    log.info("near-dedup of %d files", len(order))
+    dropped_near = dedup.near_duplicates(spool.signatures(), order, cfg.minhash, progress=cfg.progress)
+    train = SPLITS.index("train")
+    near_eval = sum(1 for i, j in dropped_near.items() if row_split[i] == train and row_split[j] != train)
     col.dropped["near_duplicate"] += len(dropped_near) - near_eval
     col.dropped["near_duplicate_of_valid_test"] += near_eval
-    t_dedup = time.time() - t0 - t_download - t_process
+    keep = np.ones(spool.num_rows, bool)
+    keep[list(dropped_near)] = False
+    timing["dedup_split"] = time.time() - t
 
-    keep = [i for name in SPLITS for i, s in enumerate(splits) if s == name and i not in dropped_near]
-    ds = datasets.Dataset.from_dict(
-        {
-            "text": [col.texts[i] for i in keep],
-            "project": [col.projects[i] for i in keep],
-            "path": [col.paths[i] for i in keep],
-            "sha256": [col.shas[i] for i in keep],
-            "split": [splits[i] for i in keep],
-        },
-        features=datasets.Features({c: datasets.Value("string") for c in COLUMNS}),
-    )
-    stats = _stats(cfg, col, ds, keep, splits, failed, per_source, len(dropped_near) - near_eval, near_eval)
-    stats["timing_s"] = {"download": round(t_download, 1), "process": round(t_process, 1),
-                         "dedup_split": round(t_dedup, 1)}  # fmt: skip
-    write_atomically(ds, stats, cfg.out)
-    stats["timing_s"]["total"] = round(time.time() - t0, 1)
-    _rewrite_stats(stats, cfg.out)  # same content plus the total time
+    t = time.time()
+    _write_rows(tmp, spool, keep, row_split, np.frombuffer(col.row_bytes, dtype=np.int64), cfg)
+    shutil.rmtree(spool.root)
+    timing["write"] = time.time() - t
+    stats = _stats(cfg, col, keep, row_split, row_project, failed, per_source, len(dropped_near) - near_eval,
+                   near_eval)  # fmt: skip
+    stats["timing_s"] = {k: round(v, 1) for k, v in timing.items()}
     return stats
+
+
+def _write_rows(out: Path, spool: RowSpool, keep: np.ndarray, row_split: np.ndarray, row_bytes: np.ndarray,
+                cfg: BuildConfig) -> None:  # fmt: skip
+    """The kept rows as a dataset in ``out``: train, then valid, then test, each in the order the files came."""
+    sizes = shard_sizes(int(keep.sum()), int(row_bytes[keep].sum()), cfg.shard_bytes)
+    writer = DatasetWriter(out, FEATURES, sizes)
+    fingerprint = hashlib.blake2b(digest_size=8)  # of the content, so the same corpus gets the same one
+    bar = tqdm(total=sum(sizes), desc="write", unit="file", disable=not cfg.progress)
+    for code, name in enumerate(SPLITS):
+        wanted = keep & (row_split == code)
+        if not wanted.any():
+            continue
+        start = 0
+        for batch in spool.batches():  # one pass over the spool per split
+            mask = wanted[start : start + batch.num_rows]
+            start += batch.num_rows
+            if mask.any():
+                rows = batch.filter(pa.array(mask))
+                rows = rows.append_column("split", pa.array([name] * rows.num_rows, pa.string()))
+                writer.write(rows)
+                for column in ("project", "path", "sha256", "split"):
+                    fingerprint.update("\0".join(rows.column(column).to_pylist()).encode() + b"\1")
+                bar.update(rows.num_rows)
+    bar.close()
+    writer.close(fingerprint.hexdigest())
 
 
 def _failures_note(failed: list[dict[str, str]]) -> str:
     return ("; failed sources: " + "; ".join(f["message"] for f in failed)) if failed else ""
 
 
-def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[int], splits: list[str],
+def _stats(cfg: BuildConfig, col: _Collected, keep: np.ndarray, row_split: np.ndarray, row_project: np.ndarray,
            failed: list[dict[str, str]], per_source: dict[str, int], near: int, near_eval: int) -> dict[str, Any]:  # fmt: skip
-    files = collections.Counter(splits[i] for i in keep)
-    nbytes: collections.Counter[str] = collections.Counter()
-    projects: dict[str, set[str]] = {s: set() for s in SPLITS}
-    for i in keep:
-        nbytes[splits[i]] += len(col.texts[i].encode())
-        projects[splits[i]].add(col.projects[i])
+    row_bytes = np.frombuffer(col.row_bytes, dtype=np.int64)
+    files, nbytes, projects = {}, {}, {}
+    for code, name in enumerate(SPLITS):
+        rows = keep & (row_split == code)
+        files[name], nbytes[name] = int(rows.sum()), int(row_bytes[rows].sum())
+        projects[name] = len(np.unique(row_project[rows]))
     return {
         "format": "kaffee-corpus/1",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -365,8 +410,8 @@ def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[i
         "recipe": cfg.recipe,
         "seed": cfg.seed,
         "files_seen": col.files_seen,
-        "files_kept": len(keep),
-        "files_dropped": col.files_seen - len(keep),
+        "files_kept": sum(files.values()),
+        "files_dropped": col.files_seen - sum(files.values()),
         "dropped": {k: v for k, v in sorted(col.dropped.items()) if v},
         "bytes_seen": col.bytes_seen,
         "bytes_kept": sum(nbytes.values()),
@@ -379,10 +424,10 @@ def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[i
         "exact_duplicates": col.dropped["exact_duplicate"],
         "near_duplicates": near,
         "near_duplicates_of_valid_test_removed_from_train": near_eval,
-        "projects": sum(len(p) for p in projects.values()),
-        "projects_per_split": {s: len(projects[s]) for s in SPLITS},
-        "files_per_split": {s: files[s] for s in SPLITS},
-        "bytes_per_split": {s: nbytes[s] for s in SPLITS},
+        "projects": sum(projects.values()),
+        "projects_per_split": projects,
+        "files_per_split": files,
+        "bytes_per_split": nbytes,
         "failed_sources": failed,
         "files_seen_per_source": per_source,
         "sources_without_java": [s for s, n in per_source.items() if n == 0],
@@ -392,7 +437,7 @@ def _stats(cfg: BuildConfig, col: _Collected, ds: datasets.Dataset, keep: list[i
             "minhash": asdict(cfg.minhash),
             "split": asdict(cfg.split),
         },  # fmt: skip
-        "num_rows": ds.num_rows,
+        "num_rows": sum(files.values()),
     }
 
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
+from datasketch import MinHashLSH
+from tqdm import tqdm
 
 TOKEN_RE = re.compile(r"[A-Za-z_$][\w$]*|\d[\w.]*|\S")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant used to combine token hashes
@@ -117,20 +118,93 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a == b)) / len(a)
 
 
-def near_duplicates(signatures: np.ndarray, order: Iterable[int], cfg: MinHashConfig) -> dict[int, int]:
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) of the LSH index, as datasketch's MinHashLSH picks them for ``threshold``."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
+def _band_keys(signatures: np.ndarray, order: np.ndarray, cols: slice, chunk: int) -> np.ndarray:
+    """(len(order),) uint64 hash of columns ``cols`` of the signatures in ``order``, ``chunk`` rows at a time."""
+    keys = np.empty(len(order), np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(order), chunk):
+            band = np.asarray(signatures[order[start : start + chunk], cols], dtype=np.uint64)
+            h = np.zeros(len(band), np.uint64)
+            for col in band.T:
+                h = (h ^ col) * _MIX
+            keys[start : start + len(band)] = h ^ (h >> np.uint64(31))
+    return keys
+
+
+def _shared_bands(signatures: np.ndarray, order: np.ndarray, bands: int, rows: int,
+                  chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Groups of visit positions whose band keys are equal (groups of one are left out).
+
+    Returns (members, starts, band): group g is ``members[starts[g]:starts[g + 1]]`` (ascending) in
+    band ``band[g]``.
+    """
+    members, sizes, band_of = [], [], []
+    for b in range(bands):
+        keys = _band_keys(signatures, order, slice(b * rows, (b + 1) * rows), chunk)
+        idx = np.argsort(keys, kind="stable")  # positions by key, ascending within one key
+        sorted_keys = keys[idx]
+        del keys
+        edge = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+        del sorted_keys
+        length = np.diff(np.concatenate(([0], edge, [len(idx)])))
+        shared = length > 1
+        members.append(idx[np.repeat(shared, length)])
+        sizes.append(length[shared])
+        band_of.append(np.full(int(shared.sum()), b))
+    sizes_all = np.concatenate(sizes)
+    starts = np.concatenate(([0], np.cumsum(sizes_all)))
+    return np.concatenate(members), starts, np.concatenate(band_of)
+
+
+def near_duplicates(signatures: np.ndarray, order: Iterable[int], cfg: MinHashConfig,
+                    progress: bool = False) -> dict[int, int]:  # fmt: skip
     """Greedy near-dedup in ``order``: each file is kept unless it is a near duplicate of one kept before.
 
-    Returns {dropped index: index of the kept file it duplicates}.
+    Returns {dropped index: index of the earliest (in ``order``) kept file it duplicates}.
+
+    Candidates are files that share an LSH band (the b bands of r rows that datasketch's
+    MinHashLSH uses for the threshold, :func:`lsh_bands`), confirmed by the estimated Jaccard
+    similarity, so the dropped set is the one an incremental MinHashLSH index gives. The index is
+    built band by band with numpy (one sorted uint64 key per file, keeping only keys two or more
+    files share), so its memory is a few bytes per file whatever the size of the texts.
+    ``signatures`` (files, num_perm) may be a read-only ``np.memmap``: it is read in chunks, and
+    row by row for candidates.
     """
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=signatures.shape[1])
+    order = np.fromiter(order, dtype=np.int64)
+    if len(order) == 0:
+        return {}
+    bands, rows = lsh_bands(cfg.threshold, signatures.shape[1])
+    members, starts, band_of = _shared_bands(signatures, order, bands, rows, max(1, cfg.chunk * 16))
+    group_of = np.repeat(np.arange(len(band_of)), np.diff(starts))
+    by_pos = np.argsort(members, kind="stable")
+    pos, groups = members[by_pos], group_of[by_pos]  # (visit position, group) pairs, by position
+    if len(pos) == 0:
+        return {}
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(pos)) + 1, [len(pos)]))
+    kept = np.ones(len(order), bool)
     dropped: dict[int, int] = {}
-    for i in order:
-        mh = LeanMinHash(seed=cfg.seed, hashvalues=signatures[i], scheme="affine32")
-        match = next(
-            (c for c in lsh.query(mh) if jaccard(signatures[i], signatures[c]) >= cfg.threshold), None
-        )
-        if match is None:
-            lsh.insert(i, mh, check_duplication=False)
-        else:
-            dropped[i] = match
+    for a, z in tqdm(zip(bounds[:-1], bounds[1:], strict=True), total=len(bounds) - 1, desc="near-dedup",
+                     unit="file", disable=not progress):  # fmt: skip
+        p = pos[a]
+        sig = np.asarray(signatures[order[p]])
+        cands: set[int] = set()
+        for g in groups[a:z]:
+            group = members[starts[g] : starts[g + 1]]
+            cols = slice(band_of[g] * rows, (band_of[g] + 1) * rows)
+            before = group[: np.searchsorted(group, p)]
+            before = before[kept[before]]  # earlier files of the group that were kept
+            if len(before):
+                same = (np.asarray(signatures[order[before], cols]) == sig[cols]).all(axis=1)
+                cands.update(before[same].tolist())  # equal keys but unequal bands: a hash collision
+        for c in sorted(cands):
+            if jaccard(sig, np.asarray(signatures[order[c]])) >= cfg.threshold:
+                kept[p] = False
+                dropped[int(order[p])] = int(order[c])
+                break
     return dropped

@@ -9,10 +9,10 @@ import sys
 import tarfile
 from pathlib import Path
 
-import datasets
 import pytest
 from kaffee.data import debian
 from kaffee.data.corpus import build, load_corpus, split_of
+from kaffee.data.dataset_writer import DatasetWriter
 from kaffee.errors import KaffeeError
 from test_corpus_filters import SECRET_VALUES, planted_java
 from test_corpus_helpers import config, make_java, write_project
@@ -83,20 +83,20 @@ def test_interrupted_write_leaves_previous_corpus_intact(tmp_path: Path, monkeyp
     src = write_project(tmp_path, "p", 3, seed=3)
     out = tmp_path / "out"
     with monkeypatch.context() as m:  # first build dies half way through writing: nothing at --out
-        real_save = datasets.Dataset.save_to_disk
+        real_close = DatasetWriter.close
 
-        def dying_save(self, path, *a, **kw):
-            real_save(self, path, *a, **kw)
+        def dying_close(self, *a, **kw):  # the dataset is written, stats.json and the swap are not
+            real_close(self, *a, **kw)
             raise error
 
-        m.setattr(datasets.Dataset, "save_to_disk", dying_save)
+        m.setattr(DatasetWriter, "close", dying_close)
         with pytest.raises(type(error)):
             build(config([src], out))
         assert not out.exists()
         assert not list(tmp_path.glob(".out.tmp-*"))
     first = build(config([src], out))
     with monkeypatch.context() as m:  # a forced rebuild that dies keeps the previous complete corpus
-        m.setattr(datasets.Dataset, "save_to_disk", dying_save)
+        m.setattr(DatasetWriter, "close", dying_close)
         (src / "Extra.java").write_text(make_java(99))
         with pytest.raises(type(error)):
             build(config([src], out, force=True))
