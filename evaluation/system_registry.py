@@ -13,12 +13,14 @@ from kaffee.evaluation.system_base import System, SystemSettings, SystemSpec
 
 MODEL_KINDS = ("gpt", "lstm", "ngram", "model")
 DIR_KINDS = (*MODEL_KINDS, "bert")  # KIND:DIR specs (bert answers by filling masks, not through the engine)
-SYSTEM_KINDS = (*DIR_KINDS, "mft", "lsp")
+SYSTEM_KINDS = (*DIR_KINDS, "mft", "lsp", "openai")
 SPEC_HELP = (
     "a system spec is KIND:DIR[,option=value...] with KIND one of gpt, lstm, ngram, model "
     "(options: cache=on|off, project=on|off, fim=on|off, ctx=TOKENS, label=NAME, or any EngineOptions field), "
     "bert:DIR (a masked LM filling mask slots at the cursor; options slots, beam, ahead, max_pieces, right, label), "
-    "'mft' (most-frequent-token baseline from the train split), or 'lsp:COMMAND' (a stdio language server)"
+    "'mft' (most-frequent-token baseline from the train split), 'lsp:COMMAND' (a stdio language server), "
+    "or 'openai:URL[,model=NAME,local=DIR,api_key_env=VAR,timeout_ms=N]' (an OpenAI-compatible completions "
+    "server behind Kaffee's prompt and post-processing; local=DIR gives the tokenizer, default the bundled model)"
 )
 
 
@@ -36,6 +38,15 @@ def parse_system_spec(spec: str) -> SystemSpec:
                 f"system spec {raw!r} names no command: use lsp:COMMAND, e.g. 'lsp:kaffee serve --model DIR'"
             )
         return SystemSpec("lsp", rest.strip(), {}, label=spec, text=spec)
+    if kind == "openai":
+        target, _, opts = rest.partition(",")
+        if not sep or not target.strip():
+            raise KaffeeError(
+                f"system spec {raw!r} names no URL: use openai:URL, e.g. openai:http://gpu:8080/v1"
+            )
+        options = _parse_options(opts, raw) if opts else {}
+        label = options.pop("label", spec)
+        return SystemSpec("openai", target.strip(), options, label=label, text=spec)
     if kind.startswith("mft"):
         head, _, opts = spec.partition(",")
         if head.strip().lower() not in ("mft", "mft:"):
@@ -112,6 +123,12 @@ def _lsp(spec: SystemSpec, settings: SystemSettings, train_texts) -> System:
     )
 
 
+def _openai(spec: SystemSpec, settings: SystemSettings, train_texts) -> System:
+    from kaffee.evaluation.remote_system import RemoteSystem
+
+    return RemoteSystem(spec, device=settings.device)
+
+
 # kind -> builder(spec, settings, train_texts); train_texts(max_files) yields train-split texts
 Builder = Callable[[SystemSpec, SystemSettings, "Callable[[int], Iterable[str]] | None"], System]
 SYSTEM_KINDS: dict[str, Builder] = {
@@ -119,6 +136,7 @@ SYSTEM_KINDS: dict[str, Builder] = {
     "bert": _bert,
     "mft": _mft,
     "lsp": _lsp,
+    "openai": _openai,
 }
 
 
