@@ -72,6 +72,13 @@ def register(subparsers) -> None:
         metavar="VAR",
         help="environment variable holding the backend's API key (sent as a bearer token)",
     )
+    serve.add_argument(
+        "--backend-timeout-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="longest wait for the backend's answer before the local model answers (default 1000)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     complete = subparsers.add_parser(
@@ -165,9 +172,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.backend is not None:
         from kaffee.server.remote import parse_backend
 
-        remote = parse_backend(args.backend, args.remote_model, args.api_key_env)
-    elif args.remote_model or args.api_key_env:
-        raise KaffeeError("--remote-model and --api-key-env need --backend openai:URL")
+        timeout = {} if args.backend_timeout_ms is None else {"timeout_ms": args.backend_timeout_ms}
+        remote = parse_backend(args.backend, args.remote_model, args.api_key_env, **timeout)
+    elif args.remote_model or args.api_key_env or args.backend_timeout_ms is not None:
+        raise KaffeeError("--remote-model, --api-key-env and --backend-timeout-ms need --backend openai:URL")
     setup_logging(args.log_level, args.log_file)
     # The protocol owns the real stdout; anything printed by accident goes to stderr.
     stdout = sys.stdout.buffer
