@@ -28,6 +28,7 @@ after a context is read at one mask appended to it: the model then sees no right
 
 from __future__ import annotations
 
+import functools
 import typing
 from dataclasses import dataclass
 
@@ -98,9 +99,30 @@ def hf_config(cfg: BERTConfig) -> BertConfig:
 
 
 def build_module(cfg: BERTConfig) -> BertForMaskedLM:
-    from transformers import BertForMaskedLM
+    return _masked_lm_class()(hf_config(cfg))
 
-    return BertForMaskedLM(hf_config(cfg))
+
+@functools.cache
+def _masked_lm_class() -> type:
+    """``BertForMaskedLM`` whose forward can run the prediction head at chosen positions only.
+
+    The head (a vocabulary-wide projection) dominates a small model's cost, and the objective
+    needs it at 15 % of the positions, the evaluation at the masks: ``select`` (B, T) bool
+    gives logits (N, V) for its N true positions. Same weights and names as the parent.
+    """
+    from transformers import BertForMaskedLM
+    from transformers.modeling_outputs import MaskedLMOutput
+
+    class SelectiveBertForMaskedLM(BertForMaskedLM):
+        def forward(self, input_ids, attention_mask=None, select=None, **kwargs):
+            hidden = self.bert(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)[
+                0
+            ]  # (B, T, C)
+            if select is not None:
+                hidden = hidden[select]  # (N, C)
+            return MaskedLMOutput(logits=self.cls(hidden))  # (B, T, V) or (N, V)
+
+    return SelectiveBertForMaskedLM
 
 
 def mask_id(tokenizer: KaffeeTokenizer) -> int:
@@ -137,10 +159,11 @@ def mlm_loss(
 ) -> torch.Tensor:
     """Mean cross-entropy (nats) at the chosen positions of ``ids`` (B, T), corrupted by ``mask_tokens``."""
     inputs, labels = mask_tokens(ids, mask, vocab_size, rate, seed)
-    logits = module(input_ids=inputs).logits  # (B, T, V)
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE
-    )
+    chosen = labels != IGNORE
+    logits = module(
+        input_ids=inputs, select=chosen
+    ).logits  # (N, V): the head runs at the chosen positions only
+    return F.cross_entropy(logits.float(), labels[chosen])
 
 
 class BERTModel(NeuralLM):
@@ -170,9 +193,11 @@ class BERTModel(NeuralLM):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             attn[i, : len(r)] = 1
-        where = [[j for j, t in enumerate(r) if t == self.mask_id] for r in rows]
-        logits = self.module(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits
-        return [torch.log_softmax(logits[i, w].float(), dim=-1).cpu() for i, w in enumerate(where)]
+        select = (ids == self.mask_id) & (attn == 1)
+        dev = self.device
+        logits = self.module(input_ids=ids.to(dev), attention_mask=attn.to(dev), select=select.to(dev)).logits
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (N, V), row-major over (row, position)
+        return list(torch.split(lp, select.sum(1).tolist()))
 
     def _left_rows(self, contexts: list[list[int]]) -> list[list[int]]:
         keep = self.max_context - 1
