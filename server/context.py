@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from kaffee.data.layout import CHARS_PER_TOKEN, fim_suffix_ids
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.server.java_tokens import lex
 
@@ -105,22 +106,28 @@ def build_prompt(
     suffix_tokens: int,
     fim: bool,
     heal: bool,
-    chars_per_token: float = 3.5,
+    chars_per_token: float = CHARS_PER_TOKEN,
     encoder: PrefixEncoder | None = None,
     head: list[int] | None = None,
+    header: str = "",
+    fim_with_head: bool = False,
 ) -> Prompt:
     """Encode the window before the cursor (and the suffix for FIM), backing off the last pre-token.
 
     ``head`` (project context, already separated from what follows) goes first; the
     window then starts without the end-of-text token a file start otherwise gets.
+    ``header`` (the file's path header of the repository layout) starts the window when
+    the window starts at the file's start, as it starts every file in training.
+    ``fim_with_head`` keeps ``head`` before a FIM prompt (models trained on repository
+    text, where a FIM document follows other files of its project).
     """
     use_fim = fim and suffix_tokens > 0 and bool(suffix.strip())
     suffix_ids: list[int] = []
     if use_fim:
-        suffix_ids = tokenizer.encode(_cut_at_line_end(suffix, int(suffix_tokens * chars_per_token * 1.5)))[
-            :suffix_tokens
-        ]
+        suffix_ids = fim_suffix_ids(tokenizer, suffix, suffix_tokens, chars_per_token)
         budget_tokens -= len(suffix_ids) + 3
+    header_ids = tokenizer.encode(header) if header else []
+    budget_tokens -= len(header_ids)
     budget_tokens = max(8, budget_tokens)
     window_chars = max(64, int(budget_tokens * chars_per_token))
     start = snap_to_line(prefix, window_start(len(prefix), window_chars))
@@ -145,20 +152,17 @@ def build_prompt(
         if n and got == want:
             healed = b"".join(table[i] for i in ids[len(ids) - n :])
             ids = ids[: len(ids) - n]
+    if start == 0 and header_ids:
+        ids = header_ids + ids  # the file's own path header, where training puts it: at the file start
     if use_fim:
         ids = tokenizer.fim_ids(ids, suffix_ids)
+        if head and fim_with_head:
+            ids = list(head) + ids
     elif head:
         ids = list(head) + ids
     elif start == 0 or not ids:
         ids = [tokenizer.eos_id] + ids  # training puts an end-of-text token before every file
     return Prompt(ids=ids, heal=healed, window_start=start, fim=use_fim)
-
-
-def _cut_at_line_end(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
-        return text
-    nl = text.rfind("\n", 0, max_chars)
-    return text[: nl + 1] if nl > 0 else text[:max_chars]
 
 
 def current_line_prefix(prefix: str) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from kaffee.data.layout import REPO_LAYOUT, SUFFIX_TOKENS, path_header, short_label
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.models.gpt import GPTModel
@@ -63,7 +64,7 @@ class EngineOptions:
     max_new_tokens: int = 32  # most tokens generated for one line
     max_new_tokens_block: int = 160  # most tokens generated for a block
     context_tokens: int = 1024  # prompt budget in tokens (also capped by the model's window)
-    suffix_tokens: int = 32  # tokens of text after the cursor in a FIM prompt (re-encoded per request)
+    suffix_tokens: int = SUFFIX_TOKENS  # tokens after the cursor in a FIM prompt (re-encoded per request)
     token_healing: bool = True  # back off the prompt's last pre-token and constrain the continuation to it
     speculate: int = 8  # longest prompt-lookup draft verified per forward (0: off)
     beam_width: int = 8  # beam over sub-word pieces for next_tokens
@@ -484,7 +485,8 @@ class CompletionEngine:
         chars = int(max(64, budget - head_budget) * 3.5)
         start = snap_to_line(prefix, window_start(len(prefix), chars))
         blocks = index.context(prefix, suffix, document, start) if head_budget else []
-        ids = prompt_head(blocks, self.tokenizer.encode, self.tokenizer.eos_id, head_budget, cfg.form)
+        form = cfg.form if cfg.form != "auto" else ("files" if self.repo_layout else "comments")
+        ids = prompt_head(blocks, self.tokenizer.encode, self.tokenizer.eos_id, head_budget, form)
         hints = None
         if cfg.member_hints:
             # variables declared before the cursor, or after the lines a reused pin may still be asked on
@@ -500,11 +502,17 @@ class CompletionEngine:
         self._pins[document] = _Pin(line, index.generation, not index.pending, ids, hints)
         return ids
 
+    @property
+    def repo_layout(self) -> bool:
+        """The model was trained on repository-level text (files under path headers, FIM after other files)."""
+        return not self.degraded and self.model.meta.get("layout") == REPO_LAYOUT
+
     def _prompt(self, prefix: str, suffix: str, heal: bool = True, document: str | None = None) -> Prompt:
         fim = self.options.fim and self.model.supports_fim and not self.degraded
+        repo = self.repo_layout
         budget = self._budget()
         head: list[int] = []
-        if self.options.project_context and not fim and not self.degraded and budget >= 128:
+        if self.options.project_context and (repo or not fim) and not self.degraded and budget >= 128:
             head = self._project_head(prefix, suffix, document, budget)
         return build_prompt(
             self.tokenizer,
@@ -516,6 +524,8 @@ class CompletionEngine:
             fim=fim,
             heal=heal and self.options.token_healing,
             encoder=self.encoder,
+            header=path_header(short_label(document)) if repo and document else "",
+            fim_with_head=repo,
         )
 
     def _next_tokens(self, prefix, suffix, k, deadline, cancel, document) -> list[TokenSuggestion]:

@@ -25,16 +25,16 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from urllib.parse import unquote, urlparse
 
 import numpy as np
+from kaffee.data.layout import path_header, short_label
 from kaffee.errors import KaffeeError
 from kaffee.server.java_tokens import identifiers
 from kaffee.server.outline import TypeOutline, outline
 
 log = logging.getLogger(__name__)
 
-FORMS = ("files", "comments", "inline")
+FORMS = ("auto", "files", "comments", "inline")
 _THIS = "\x00this"  # key of the current document's own windows in search results
 
 
@@ -57,8 +57,9 @@ class ProjectConfig:
     budget_tokens: int = 384  # prompt tokens reserved for project context (taken from the file window)
     min_window_tokens: int = 512  # the file's own window keeps at least this many (no head for small models)
     # files: each block a separate <eos>-led "file"; comments: one header of // lines the window
-    # continues; inline: the blocks as plain code the window continues (one "file", no <eos> between)
-    form: str = "comments"
+    # continues; inline: the blocks as plain code the window continues (one "file", no <eos> between);
+    # auto: files for a model trained on repository-level text (its training layout), else comments
+    form: str = "auto"
     pin_lines: int = 12  # lines around the cursor whose text never feeds the context (the line being typed)
     refresh_lines: int = 48  # keep a document's context while typing onwards up to this many lines
     max_files: int = 5000  # files indexed at most (more are ignored, with a log line)
@@ -93,13 +94,6 @@ class _File:
     lines: list[str]
     windows: list[int] = field(default_factory=list)  # global window ids
     types: list[TypeOutline] = field(default_factory=list)
-
-
-def short_label(key: str, parts: int = 3) -> str:
-    """The last ``parts`` components of a file URI or path (what the prompt calls the file)."""
-    path = unquote(urlparse(key).path) if "://" in key else key
-    pieces = [p for p in path.replace("\\", "/").split("/") if p]
-    return "/".join(pieces[-parts:]) if pieces else key
 
 
 def window_spans(n_lines: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -437,10 +431,10 @@ def _render(block: Block, form: str) -> str:
     """``files``: a little file headed ``// Path: LABEL``; ``comments``: the same with every line as a ``//`` comment."""
     body = block.text.rstrip()
     if form == "comments":
-        return f"// Path: {block.label}\n" + "".join(
+        return path_header(block.label) + "".join(
             f"// {ln}\n" if ln.strip() else "//\n" for ln in body.split("\n")
         )
-    return f"// Path: {block.label}\n{body}\n"
+    return f"{path_header(block.label)}{body}\n"
 
 
 def _shorten(block: Block, share: float) -> Block | None:

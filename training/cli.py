@@ -91,6 +91,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fim-rate", type=float, default=0.5, help="fraction of documents in fill-in-the-middle form"
     )
     t.add_argument(
+        "--line-fim-share",
+        type=float,
+        default=0.5,
+        help="of the FIM documents, the share whose middle is the rest of a line or a few lines "
+        "from a cursor (the others: cut at two random characters of the file)",
+    )
+    t.add_argument(
+        "--no-repo-level",
+        dest="repo_level",
+        action="store_false",
+        help="do not lay out the files of a project side by side (dependency order, path headers)",
+    )
+    t.add_argument(
         "--set",
         action="append",
         default=[],
@@ -138,15 +151,21 @@ def _emit(record: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from kaffee.training.run import TrainJob, run_train
 
-    if not 0.0 <= args.fim_rate <= 1.0:
-        from kaffee.errors import KaffeeError
+    for name in ("fim_rate", "line_fim_share"):
+        if not 0.0 <= getattr(args, name) <= 1.0:  # also false for NaN
+            from kaffee.errors import KaffeeError
 
-        raise KaffeeError("--fim-rate must be between 0 and 1")
+            raise KaffeeError(f"--{name.replace('_', '-')} must be between 0 and 1")
     from kaffee.training.data import DataConfig
 
     job = TrainJob(args.family, args.preset, args.corpus, args.tokenizer, args.out, args.resume, args.force)
     data_cfg = DataConfig(
-        fim_rate=args.fim_rate, seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs
+        fim_rate=args.fim_rate,
+        line_fim_share=args.line_fim_share,
+        repo_level=args.repo_level,
+        seed=args.seed,
+        num_proc=args.num_proc,
+        max_docs=args.max_docs,
     )
     summary = run_train(job, _train_config(args), data_cfg, _overrides(args.set))
     _emit(summary)

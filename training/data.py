@@ -1,9 +1,18 @@
 """Training data: texts -> token ids (with fill-in-the-middle) -> packed fixed-length blocks.
 
 Two inputs are accepted: a corpus directory (``kaffee corpus build``; tokenised with
-``datasets.map(num_proc=...)``) or an exported ``.jsonl[.xz]`` file of ``{"text": ...}``
-rows (for machines without ``datasets``, e.g. a GPU box; tokenised with the Rust
+``datasets.map(num_proc=...)``) or an exported ``.jsonl[.xz]`` file of ``{"text", "project",
+"path"}`` rows (for machines without ``datasets``, e.g. a GPU box; tokenised with the Rust
 tokenizer's own thread pool).
+
+The layout is the one the engine builds its prompts with (``data/layout.py``):
+
+- repository level (``repo_level``): the files of one project follow each other, each
+  after the files it refers to (``training/repo_order.py``), each starting with its path
+  header, ``<eos>`` between files -- what the engine's project context puts before a file;
+- fill-in-the-middle (``fim_rate``): PSM documents, either whole-file (two random cut
+  points) or line-level (``line_fim_share``): the middle is the rest of a line or a few
+  lines from a cursor, the suffix what the engine sends after a cursor (``fim_suffix_ids``).
 """
 
 from __future__ import annotations
@@ -13,29 +22,84 @@ import json
 import logging
 import lzma
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from kaffee.data.layout import REPO_LAYOUT, SUFFIX_TOKENS, fim_suffix_ids, path_header, short_label
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
+from kaffee.training.repo_order import dependency_order
 
 log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = 2  # bump when the text a document turns into changes (invalidates token caches)
 
 
 @dataclass
 class DataConfig:
     fim_rate: float = 0.5  # fraction of training documents rewritten as prefix-suffix-middle
+    line_fim_share: float = 0.5  # of the FIM documents, the share with a line-level middle (rest: whole-file)
+    repo_level: bool = True  # files of a project side by side, dependency-ordered, under path headers
     seed: int = 1337  # seeds FIM cut points and the block order
     num_proc: int = 2  # worker processes for datasets.map
     max_docs: int | None = None  # use at most this many documents (smoke runs)
 
+    @property
+    def layout(self) -> str:
+        """What meta["layout"] records: how files were laid out (the engine follows it)."""
+        return REPO_LAYOUT if self.repo_level else "files"
 
-def fim_ids(text: str, tok: KaffeeTokenizer, rng: np.random.Generator) -> list[int]:
-    """PSM fill-in-the-middle: <pre>prefix<suf>suffix<mid>middle, cut at two random characters."""
+
+def fim_ids(text: str, tok: KaffeeTokenizer, rng: np.random.Generator, header: str = "") -> list[int]:
+    """Whole-file PSM: <pre>header+prefix<suf>suffix<mid>middle, cut at two random characters of ``text``."""
     a, b = sorted(rng.integers(0, len(text) + 1, size=2).tolist())
     prefix, middle, suffix = text[:a], text[a:b], text[b:]
-    return tok.fim_ids(tok.encode(prefix), tok.encode(suffix), tok.encode(middle))
+    return tok.fim_ids(tok.encode(header + prefix), tok.encode(suffix), tok.encode(middle))
+
+
+def line_fim_ids(
+    text: str,
+    tok: KaffeeTokenizer,
+    rng: np.random.Generator,
+    header: str = "",
+    suffix_tokens: int = SUFFIX_TOKENS,
+) -> list[int]:
+    """Line-level PSM: the middle starts at a cursor on a random non-blank line.
+
+    Half the middles are the rest of the line, a quarter end inside the line (what stays
+    after them is, like a closing bracket an editor inserted, the start of the suffix), a
+    quarter run 1-3 lines further. The suffix is cut exactly as the engine cuts the text
+    after a cursor; the text after that cut follows as a plain fragment (``<eos>`` first),
+    so no text of the file is lost. With nothing but blank text after the middle the
+    document stays plain, as the engine's prompt does then.
+    """
+    lines = text.splitlines(keepends=True)
+    starts = np.cumsum([0] + [len(ln) for ln in lines[:-1]]).tolist() if lines else []
+    candidates = [i for i, ln in enumerate(lines) if ln.strip()]
+    if not candidates:
+        return tok.encode(header + text)
+    i = candidates[int(rng.integers(len(candidates)))]
+    content = lines[i].rstrip("\r\n")
+    indent = len(content) - len(content.lstrip())
+    col = int(rng.integers(indent, len(content)))  # before a character of the line: the middle is never empty
+    cursor = starts[i] + col
+    r = rng.random()
+    if r < 0.25:
+        end = starts[i] + int(rng.integers(col + 1, len(content) + 1))
+    else:
+        j = min(i + (0 if r < 0.75 else int(rng.integers(1, 4))), len(lines) - 1)
+        end = starts[j] + len(lines[j].rstrip("\r\n"))
+    prefix, middle, suffix = text[:cursor], text[cursor:end], text[end:]
+    if not suffix.strip():  # the engine writes a blank suffix as plain left-to-right text: so does training
+        return tok.encode(header + text)
+    suffix_ids = fim_suffix_ids(tok, suffix, suffix_tokens)
+    ids = tok.fim_ids(tok.encode(header + prefix), suffix_ids, tok.encode(middle))
+    rest = suffix[len(tok.decode_bytes(suffix_ids).decode("utf-8")) :]  # whole characters: fim_suffix_ids
+    if rest.strip():
+        ids += [tok.eos_id, *tok.encode(rest)]
+    return ids
 
 
 def fim_decode(ids: list[int], tok: KaffeeTokenizer) -> str:
@@ -44,20 +108,65 @@ def fim_decode(ids: list[int], tok: KaffeeTokenizer) -> str:
     return tok.decode(ids[p + 1 : s]) + tok.decode(ids[m + 1 :]) + tok.decode(ids[s + 1 : m])
 
 
-def doc_ids(text: str, index: int, tok: KaffeeTokenizer, fim_rate: float, seed: int) -> list[int]:
-    """Ids of one document followed by end-of-file; FIM decided per document from (seed, index)."""
+def doc_ids(
+    text: str,
+    index: int,
+    tok: KaffeeTokenizer,
+    fim_rate: float,
+    seed: int,
+    path: str | None = None,
+    line_fim_share: float = 0.0,
+    plain_ids: list[int] | None = None,
+) -> list[int]:
+    """Ids of one document followed by end-of-file; FIM decided per document from (seed, index).
+
+    ``path`` (repository layout) puts the file's path header first, inside the FIM prefix.
+    ``plain_ids``: the document's ids without FIM when already encoded (batch encoding).
+    """
+    header = doc_header(path)
     rng = np.random.default_rng([seed, index])
-    body = fim_ids(text, tok, rng) if fim_rate > 0 and rng.random() < fim_rate else tok.encode(text)
+    if fim_rate > 0 and rng.random() < fim_rate:
+        if line_fim_share > 0 and rng.random() < line_fim_share:
+            body = line_fim_ids(text, tok, rng, header)
+        else:
+            body = fim_ids(text, tok, rng, header)
+    else:
+        body = plain_ids if plain_ids is not None else tok.encode(header + text)
     return body + [tok.eos_id]
 
 
-def read_jsonl_texts(path: Path, max_docs: int | None = None) -> list[str]:
+def doc_header(path: str | None) -> str:
+    """The path header a document starts with in the repository layout ("" without a path)."""
+    return path_header(short_label(path)) if path else ""
+
+
+def repo_sequence(projects: Sequence[str], paths: Sequence[str], texts_of) -> list[int]:
+    """Row indices in repository order: projects in order of first appearance, files dependency-ordered.
+
+    ``texts_of(indices)`` returns the texts of those rows (one project's at a time, so
+    memory holds one project, not the corpus).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, project in enumerate(projects):
+        groups.setdefault(project, []).append(i)
+    order: list[int] = []
+    for rows in groups.values():
+        if len(rows) == 1:
+            order += rows
+            continue
+        texts = texts_of(rows)
+        order += [rows[k] for k in dependency_order([paths[i] for i in rows], texts)]
+    return order
+
+
+def read_jsonl_rows(path: Path, max_docs: int | None = None) -> list[dict]:
+    """Rows of an exported ``.jsonl[.xz]`` file (``text``; ``project`` and ``path`` when exported with them)."""
     opener = lzma.open if path.suffix == ".xz" else open
     out = []
     with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                out.append(json.loads(line)["text"])
+                out.append(json.loads(line))
             if max_docs and len(out) >= max_docs:
                 break
     return out
@@ -66,11 +175,15 @@ def read_jsonl_texts(path: Path, max_docs: int | None = None) -> list[str]:
 def _tokenize_dataset(ds, tok_path: Path, cfg: DataConfig, fim_rate: float) -> np.ndarray:
     import pyarrow.compute as pc
 
+    with_paths = "path" in ds.column_names
+
     def encode(batch: dict, indices: list[int]) -> dict:
         tok = KaffeeTokenizer.from_file(tok_path)
+        paths = batch["path"] if with_paths else [None] * len(indices)
         return {
             "ids": [
-                doc_ids(t, i, tok, fim_rate, cfg.seed) for t, i in zip(batch["text"], indices, strict=True)
+                doc_ids(t, i, tok, fim_rate, cfg.seed, p, cfg.line_fim_share)
+                for t, i, p in zip(batch["text"], indices, paths, strict=True)
             ]
         }
 
@@ -85,6 +198,43 @@ def _tokenize_dataset(ds, tok_path: Path, cfg: DataConfig, fim_rate: float) -> n
     return pc.list_flatten(mapped.data.column("ids")).to_numpy().astype(np.int32)
 
 
+def _jsonl_stream(source: Path, tok: KaffeeTokenizer, cfg: DataConfig, fim_rate: float) -> np.ndarray:
+    rows = read_jsonl_rows(source, cfg.max_docs)
+    if not rows:
+        raise KaffeeError(f"{source} holds no documents")
+    repo = cfg.repo_level and all("path" in r and "project" in r for r in rows)
+    if cfg.repo_level and not repo:
+        log.warning("%s has no project/path fields: files are not laid out by repository", source)
+    docs = [(r.get("project", ""), r.get("path", ""), r["text"]) for r in rows]
+    return docs_stream(docs, tok, fim_rate, cfg.seed, cfg.line_fim_share, repo)
+
+
+def docs_stream(
+    docs: Sequence[tuple[str, str, str]],
+    tok: KaffeeTokenizer,
+    fim_rate: float,
+    seed: int,
+    line_fim_share: float,
+    repo: bool,
+) -> np.ndarray:
+    """In-memory (project, path, text) documents as one int32 stream (exported files, fine-tuning)."""
+    if repo:
+        order = repo_sequence(
+            [d[0] for d in docs], [d[1] for d in docs], lambda idx: [docs[i][2] for i in idx]
+        )
+        docs = [docs[i] for i in order]
+    out: list[int] = []
+    for start in range(0, len(docs), 2048):
+        chunk = docs[start : start + 2048]
+        paths = [d[1] if repo else None for d in chunk]
+        plain = tok.encode_batch(
+            [doc_header(p) + d[2] for d, p in zip(chunk, paths, strict=True)]
+        )  # Rust threads
+        for i, (d, p, ids) in enumerate(zip(chunk, paths, plain, strict=True), start):
+            out += doc_ids(d[2], i, tok, fim_rate, seed, p, line_fim_share, plain_ids=ids)
+    return np.asarray(out, dtype=np.int32)
+
+
 def token_stream(
     source: Path, split: str, tok: KaffeeTokenizer, tok_path: Path, cfg: DataConfig, fim: bool
 ) -> np.ndarray:
@@ -97,25 +247,17 @@ def token_stream(
             if not sibling.is_file():
                 raise KaffeeError(f"no {split} file next to {source} (expected {sibling.name})")
             source = sibling
-        texts = read_jsonl_texts(source, cfg.max_docs)
-        if not texts:
-            raise KaffeeError(f"{source} holds no documents")
-        out: list[int] = []
-        for start in range(0, len(texts), 2048):
-            chunk = texts[start : start + 2048]
-            encoded = tok.encode_batch(chunk)  # Rust thread pool
-            for i, ids in enumerate(encoded, start):
-                rng = np.random.default_rng([cfg.seed, i])
-                if fim_rate > 0 and rng.random() < fim_rate:
-                    ids = fim_ids(texts[i], tok, rng)
-                out += ids + [tok.eos_id]
-        return np.asarray(out, dtype=np.int32)
+        return _jsonl_stream(source, tok, cfg, fim_rate)
     from kaffee.data.corpus import load_corpus, split_of
 
     ds = split_of(load_corpus(source), split)
     if cfg.max_docs:
         ds = ds.select(range(min(cfg.max_docs, len(ds))))
-    return _tokenize_dataset(ds.select_columns(["text"]), tok_path, cfg, fim_rate)
+    if not cfg.repo_level:
+        return _tokenize_dataset(ds.select_columns(["text"]), tok_path, cfg, fim_rate)
+    order = repo_sequence(list(ds["project"]), list(ds["path"]), lambda idx: list(ds.select(idx)["text"]))
+    ds = ds.select(order).select_columns(["text", "path"])
+    return _tokenize_dataset(ds, tok_path, cfg, fim_rate)
 
 
 def cached_token_stream(
@@ -134,6 +276,9 @@ def cached_token_stream(
             split,
             hashlib.sha256(Path(tok_path).read_bytes()).hexdigest(),
             cfg.fim_rate if fim else 0,
+            cfg.line_fim_share if fim else 0,
+            cfg.repo_level,
+            LAYOUT_VERSION,
             cfg.seed,
             cfg.max_docs,
         ]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from kaffee.atomic_dir import recover_dir
+from kaffee.data.layout import REPO_LAYOUT
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.models import checkpoint, families
@@ -190,8 +191,9 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     cache_dir = job.out.parent / f".{job.out.name}.data-cache"
     # an mlm family (bert) sees both sides of every mask already: fill-in-the-middle samples only reorder its text
     fim_rate = data_cfg.fim_rate if fam.neural and fam.objective == "causal" else 0.0
-    meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), "fim_rate": fim_rate}
-    data = {"corpus": str(job.corpus.resolve()), "fim_rate": fim_rate, "max_docs": data_cfg.max_docs}
+    layout = {"fim_rate": fim_rate, "line_fim_share": data_cfg.line_fim_share, "layout": data_cfg.layout}
+    meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), **layout}
+    data = {"corpus": str(job.corpus.resolve()), **layout, "max_docs": data_cfg.max_docs}
     spec = run_spec(job.family, model_cfg, tok, cfg, data)
     resume = continue_run(job.out, spec, job.resume, job.force)
     valid = _maybe_stream(job.corpus, "valid", tok, tok_path, data_cfg, cache_dir)
@@ -261,35 +263,39 @@ def _count_ngram(job: TrainJob, model_cfg, tok, tok_path, data_cfg, cache_dir, v
 # -- fine-tuning -----------------------------------------------------------------------------
 
 
-def project_texts(source: Path, seed: int, valid_fraction: float = 0.1) -> tuple[list[str], list[str]]:
-    """Train/valid texts from a corpus dir (its splits) or any source (held-out files of it)."""
+def project_texts(
+    source: Path, seed: int, valid_fraction: float = 0.1
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """Train/valid (project, path, text) documents from a corpus dir (its splits) or any source
+    (held-out files of it)."""
+    docs: list[tuple[str, str, str]] = []
     if (source / "stats.json").is_file():
         from kaffee.data.corpus import load_corpus
 
         ds = load_corpus(source)
-        texts = list(ds["text"])
+        docs = list(zip(ds["project"], ds["path"], ds["text"], strict=True))
         splits = list(ds["split"])
-        train = [t for t, s in zip(texts, splits, strict=True) if s == "train"]
-        valid = [t for t, s in zip(texts, splits, strict=True) if s != "train"]
+        train = [d for d, s in zip(docs, splits, strict=True) if s == "train"]
+        valid = [d for d, s in zip(docs, splits, strict=True) if s != "train"]
         if train and valid:
             return train, valid
     else:
         if not source.exists():
             raise KaffeeError(f"{source} does not exist")
-        texts = []
         for p in sorted(source.rglob("*.java")) if source.is_dir() else []:
             try:
                 if p.is_file() and p.stat().st_size < 1_000_000:
-                    texts.append(p.read_text(encoding="utf-8", errors="replace"))
+                    rel = p.relative_to(source).as_posix()
+                    docs.append((source.name, rel, p.read_text(encoding="utf-8", errors="replace")))
             except OSError as exc:
                 log.warning("skipping %s: %s", p, exc)
-    if len(texts) < 2:
+    if len(docs) < 2:
         raise KaffeeError(
             f"{source} has fewer than 2 Java files; fine-tuning needs some to train on and some to hold out"
         )
-    order = np.random.default_rng(seed).permutation(len(texts))
-    n_valid = max(1, int(round(len(texts) * valid_fraction)))
-    return [texts[i] for i in order[n_valid:]], [texts[i] for i in order[:n_valid]]
+    order = np.random.default_rng(seed).permutation(len(docs))
+    n_valid = max(1, int(round(len(docs) * valid_fraction)))
+    return [docs[i] for i in order[n_valid:]], [docs[i] for i in order[:n_valid]]
 
 
 def _tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
@@ -317,20 +323,26 @@ def run_finetune(
     tok = base.tokenizer
     fim_rate = float(base.meta.get("fim_rate", 0.0))
     init_tensors = families.model_tensors(base)
-    data = {"base": _tensors_hash(init_tensors), "corpus": str(source.resolve()), "fim_rate": fim_rate}
+    data = {
+        "base": _tensors_hash(init_tensors),
+        "corpus": str(source.resolve()),
+        "fim_rate": fim_rate,
+        "layout": base.meta.get("layout", "files"),
+    }
     spec = run_spec(base.family, base.cfg, tok, cfg, data)
     resume_run = continue_run(out, spec, resume, force)
     train_texts, valid_texts = project_texts(source, data_cfg.seed)
-    from kaffee.training.data import doc_ids
+    from kaffee.training.data import docs_stream
 
     _say(f"fine-tuning {from_dir} on {len(train_texts)} files ({len(valid_texts)} held out for validation)")
-    train_stream = np.asarray(
-        [i for n, t in enumerate(train_texts) for i in doc_ids(t, n, tok, fim_rate, data_cfg.seed)], np.int32
-    )
+    # the base model's own layout: a repository-layout model keeps reading files under path headers
+    repo = base.meta.get("layout") == REPO_LAYOUT
+    share = float(base.meta.get("line_fim_share", 0.0) or 0.0)
+    train_stream = docs_stream(train_texts, tok, fim_rate, data_cfg.seed, share, repo)
     if resume_run:
         _check_data(out, len(train_stream), resume)
     spec["data"]["train_tokens"] = len(train_stream)
-    valid_stream = np.asarray([i for t in valid_texts for i in tok.encode(t) + [tok.eos_id]], np.int32)
+    valid_stream = docs_stream(valid_texts, tok, 0.0, data_cfg.seed, 0.0, repo)
     block = min(
         base.max_context if base.family == "gpt" else base.cfg.block_size,
         len(valid_stream) - 1,

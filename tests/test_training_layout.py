@@ -1,0 +1,201 @@
+"""Repository-level training text and line-level FIM: the layout training writes is the one serving reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kaffee.data.layout import REPO_LAYOUT, fim_suffix_ids, path_header
+from kaffee.server.context import build_prompt
+from kaffee.server.engine import CompletionEngine, EngineOptions
+from kaffee.server.project import ProjectConfig
+from kaffee.training.data import DataConfig, doc_ids, line_fim_ids, token_stream
+from kaffee.training.repo_order import dependencies, dependency_order
+
+MONEY = "package bank.util;\n\npublic final class Money {\n    long cents;\n}\n"
+ACCOUNT = (
+    "package bank;\n\nimport bank.util.Money;\n\npublic class Account {\n"
+    "    Money balance;\n    Ledger ledger;\n}\n"
+)
+LEDGER = "package bank;\n\nimport java.util.List;\n\nclass Ledger {\n    List<Account> accounts;\n}\n"
+TELLER = "package bank.app;\n\nimport bank.*;\nimport static bank.util.Money.of;\n\nclass Teller {\n    Account a;\n}\n"
+PROJECT = {
+    "src/bank/app/Teller.java": TELLER,
+    "src/bank/Account.java": ACCOUNT,
+    "src/bank/Ledger.java": LEDGER,
+    "src/bank/util/Money.java": MONEY,
+}
+
+
+def test_dependencies_follow_imports_same_package_names_and_wildcards():
+    paths, texts = list(PROJECT), list(PROJECT.values())
+    deps = dependencies(paths, texts)
+    name = {i: p.rsplit("/", 1)[-1] for i, p in enumerate(paths)}
+    got = {name[i]: sorted(name[j] for j in d) for i, d in enumerate(deps)}
+    assert got == {
+        "Teller.java": ["Account.java", "Money.java"],  # bank.* names Account; the static import names Money
+        "Account.java": ["Ledger.java", "Money.java"],  # an import and a same-package type
+        "Ledger.java": ["Account.java"],  # java.util.List is not in the project
+        "Money.java": [],
+    }
+
+
+def test_dependency_order_puts_each_file_after_what_it_uses_and_cuts_cycles():
+    paths, texts = list(PROJECT), list(PROJECT.values())
+    order = [paths[i].rsplit("/", 1)[-1] for i in dependency_order(paths, texts)]
+    assert sorted(order) == sorted(p.rsplit("/", 1)[-1] for p in paths)  # every file once
+    assert order.index("Money.java") < order.index("Account.java") < order.index("Teller.java")
+    # Account <-> Ledger is a cycle: cut once, deterministically
+    assert order == [paths[i].rsplit("/", 1)[-1] for i in dependency_order(paths, texts)]
+
+
+lines_text = st.lists(
+    st.one_of(
+        st.sampled_from(["", "    ", "int x = 1;", "  foo(a, b);", "}", "\t return y;", 'ä = "日本";', "x"]),
+        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30),
+    ),
+    min_size=1,
+    max_size=40,
+).map(lambda ls: "\n".join(ls))
+
+
+def _split_psm(ids: list[int], tok) -> tuple[list[int], list[int], list[int], list[int]]:
+    p, s, m = ids.index(tok.fim_prefix_id), ids.index(tok.fim_suffix_id), ids.index(tok.fim_middle_id)
+    rest = ids[m + 1 :]
+    cut = rest.index(tok.eos_id) if tok.eos_id in rest else len(rest)
+    return ids[p + 1 : s], ids[s + 1 : m], rest[:cut], rest[cut + 1 :]
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines_text, st.integers(0, 2**31))
+def test_line_fim_loses_no_text_and_its_middle_is_a_few_lines(tiny_tokenizer, text, seed):
+    tok = tiny_tokenizer
+    header = path_header("bank/Account.java")
+    ids = line_fim_ids(text, tok, np.random.default_rng(seed), header)
+    if tok.fim_prefix_id not in ids:  # blank lines only, or a blank suffix: a plain document
+        assert tok.decode(ids) == header + text
+        return
+    pre, suf, mid, rest = _split_psm(ids, tok)
+    prefix, suffix, middle = tok.decode(pre), tok.decode(suf), tok.decode(mid)
+    assert prefix.startswith(header)
+    got = prefix + middle + suffix + tok.decode(rest)
+    assert (header + text).startswith(got) and not (header + text)[len(got) :].strip()  # only blank tail dropped
+    assert middle and middle.count("\n") <= 3
+    assert suf == fim_suffix_ids(tok, text[len(prefix) - len(header) + len(middle) :])
+
+
+def test_line_fim_prompt_is_the_engine_prompt(tiny_tokenizer, java_samples):
+    """Training's <pre> prefix <suf> suffix <mid> is what the engine builds for that cursor."""
+    tok = tiny_tokenizer
+    text = java_samples["Account.java"]
+    header = path_header("bank/Account.java")
+    checked = 0
+    for seed in range(40):
+        ids = line_fim_ids(text, tok, np.random.default_rng(seed), header)
+        if tok.fim_prefix_id not in ids:  # the middle ran to the end: plain text
+            continue
+        pre, suf, mid, _ = _split_psm(ids, tok)
+        cursor = len(tok.decode(pre)) - len(header)
+        end = cursor + len(tok.decode(mid))  # the editor's buffer: the middle is not typed yet
+        prompt = build_prompt(
+            tok,
+            text[:cursor],
+            text[end:],
+            budget_tokens=4096,
+            suffix_tokens=32,
+            fim=True,
+            heal=False,
+            header=header,
+        )
+        assert prompt.fim and prompt.window_start == 0
+        assert prompt.ids == ids[: ids.index(tok.fim_middle_id) + 1]
+        checked += 1
+    assert checked >= 30
+
+
+def test_line_fim_share_mixes_line_and_whole_file_middles(tiny_tokenizer, java_samples):
+    tok = tiny_tokenizer
+    text = java_samples["Account.java"]
+    docs = [doc_ids(text, i, tok, 1.0, 3, "src/bank/Account.java", 0.5) for i in range(200)]
+    assert all(d[-1] == tok.eos_id for d in docs)
+    assert sum(d[0] != tok.fim_prefix_id for d in docs) <= 10  # a line-level middle that ran to the end
+    docs = [d for d in docs if d[0] == tok.fim_prefix_id]
+    middles = [tok.decode(_split_psm(d, tok)[2]) for d in docs]
+    line_level = sum(0 < len(m) and m.count("\n") <= 3 for m in middles)
+    assert 70 < line_level < 170  # about half line-level (whole-file middles are rarely that short)
+    assert all(tok.decode(d).count("// Path: src/bank/Account.java\n") == 1 for d in docs)
+
+
+def _jsonl(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_repo_level_stream_lays_out_projects_in_dependency_order(tiny_tokenizer, tmp_path):
+    tok = tiny_tokenizer
+    rows = [{"project": "bank", "path": p, "text": t} for p, t in PROJECT.items()]
+    rows.insert(2, {"project": "other", "path": "x/Solo.java", "text": "class Solo {}\n"})
+    source = _jsonl(tmp_path, rows)
+    text = tok.decode(
+        token_stream(source, "train", tok, Path(), DataConfig(fim_rate=0.0), fim=False).tolist()
+    )
+    files = [f for f in text.split(tok.decode([tok.eos_id])) if f]
+    labels = [f.split("\n", 1)[0] for f in files]
+    assert labels == [  # per project, each file after the files it uses (the Account/Ledger cycle cut once)
+        "// Path: src/bank/Ledger.java",
+        "// Path: bank/util/Money.java",
+        "// Path: src/bank/Account.java",
+        "// Path: bank/app/Teller.java",
+        "// Path: x/Solo.java",
+    ]
+    assert labels.index("// Path: bank/util/Money.java") < labels.index("// Path: src/bank/Account.java")
+    plain = tok.decode(
+        token_stream(
+            source, "train", tok, Path(), DataConfig(fim_rate=0.0, repo_level=False), fim=False
+        ).tolist()
+    )
+    assert "// Path:" not in plain and plain.count("class ") == 5  # the old layout, files as they came
+
+
+def test_engine_reproduces_the_repo_layout(tiny_model_dir: Path):
+    eng = CompletionEngine.from_model_dir(
+        tiny_model_dir,
+        EngineOptions(workspace_cache=False, project=ProjectConfig(min_similarity=0.0, min_window_tokens=64)),
+    )
+    eng.set_workspace_files({"file:///w/src/bank/Ledger.java": LEDGER})
+    eng.settle()
+    tok = eng.tokenizer
+    prefix, doc = "package bank;\n\nclass Account {\n    Led", "file:///w/src/bank/Account.java"
+    before = tok.decode(eng._prompt(prefix, "\n}\n", document=doc).ids)
+    assert "// Path: src/bank/Account.java" not in before and before.count("\n// ") >= 1  # comments form
+    eng.model.meta = {**eng.model.meta, "layout": REPO_LAYOUT}
+    eng._pins.clear()
+    prompt = eng._prompt(prefix, "\n}\n", document=doc)
+    text = tok.decode(prompt.ids)
+    # files form: <eos>-separated blocks, then the file under its own path header, as training lays it out
+    window = prefix[: len(prefix) - len(prompt.heal)]
+    assert text.endswith(tok.decode([tok.eos_id]) + path_header("src/bank/Account.java") + window)
+    assert "// Path: src/bank/Ledger.java\npackage bank;" in text
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_cli_train_records_the_layout(share, tiny_tokenizer, tmp_path):
+    """A model's config.json says how its text was laid out, which is what the engine follows."""
+    from kaffee.cli import main
+
+    rows = [{"project": "bank", "path": p, "text": t * 20} for p, t in PROJECT.items()]
+    source = _jsonl(tmp_path, rows)
+    (tmp_path / "valid.jsonl").write_text(source.read_text())
+    tiny_tokenizer.save(tmp_path / "tokenizer.json")
+    out = tmp_path / "m"
+    args = ["train", "--family", "gpt", "--preset", "nano", "--corpus", str(source)]
+    args += ["--tokenizer", str(tmp_path / "tokenizer.json"), "--out", str(out), "--max-steps", "2"]
+    args += ["--batch-size", "2", "--block-size", "32", "--line-fim-share", str(share)]
+    assert main(args) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["layout"] == REPO_LAYOUT and meta["line_fim_share"] == share
