@@ -56,29 +56,7 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="set an EngineOptions field, e.g. speculate=0, quantize=none, naive=true (repeatable)",
     )
-    serve.add_argument(
-        "--backend",
-        default=None,
-        metavar="openai:URL",
-        help="ask an OpenAI-compatible /v1/completions server (llama.cpp, vLLM, TGI, Ollama) for suggestions, "
-        "e.g. openai:http://gpu-box:8080/v1; the local model answers while it is down or slow",
-    )
-    serve.add_argument(
-        "--remote-model", default=None, metavar="NAME", help="the model the backend requests name"
-    )
-    serve.add_argument(
-        "--api-key-env",
-        default=None,
-        metavar="VAR",
-        help="environment variable holding the backend's API key (sent as a bearer token)",
-    )
-    serve.add_argument(
-        "--backend-timeout-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="longest wait for the backend's answer before the local model answers (default 1000)",
-    )
+    add_backend_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     complete = subparsers.add_parser(
@@ -110,6 +88,7 @@ def register(subparsers) -> None:
     complete.add_argument(
         "--engine-option", action="append", default=[], metavar="KEY=VALUE", help="set an EngineOptions field"
     )
+    add_backend_arguments(complete)
     complete.set_defaults(func=cmd_complete)
 
     stats = subparsers.add_parser(
@@ -127,6 +106,47 @@ def register(subparsers) -> None:
     )
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")
     stats.set_defaults(func=cmd_stats)
+
+
+def add_backend_arguments(parser) -> None:
+    """--backend and its companions, shared by serve and complete."""
+    parser.add_argument(
+        "--backend",
+        default=None,
+        metavar="openai:URL",
+        help="ask an OpenAI-compatible /v1/completions server (llama.cpp, vLLM, TGI, Ollama) for suggestions, "
+        "e.g. openai:http://gpu-box:8080/v1; the local model answers while it is down or slow",
+    )
+    parser.add_argument(
+        "--remote-model", default=None, metavar="NAME", help="the model the backend requests name"
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the backend's API key (sent as a bearer token)",
+    )
+    parser.add_argument(
+        "--backend-timeout-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="longest wait for the backend's answer before the local model answers (default 1000)",
+    )
+
+
+def backend_config(args: argparse.Namespace):
+    """The RemoteConfig the flags ask for, or None without --backend."""
+    if args.backend is None:
+        if args.remote_model or args.api_key_env or args.backend_timeout_ms is not None:
+            raise KaffeeError(
+                "--remote-model, --api-key-env and --backend-timeout-ms need --backend openai:URL"
+            )
+        return None
+    from kaffee.server.remote import parse_backend
+
+    timeout = {} if args.backend_timeout_ms is None else {"timeout_ms": args.backend_timeout_ms}
+    return parse_backend(args.backend, args.remote_model, args.api_key_env, **timeout)
 
 
 def setup_logging(level: str, log_file: Path | None) -> None:
@@ -168,14 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is not a loopback address: LSP over TCP has no authentication, so anyone "
             "who reaches the port could read and send code; pass --allow-remote if that is what you want"
         )
-    remote = None
-    if args.backend is not None:
-        from kaffee.server.remote import parse_backend
-
-        timeout = {} if args.backend_timeout_ms is None else {"timeout_ms": args.backend_timeout_ms}
-        remote = parse_backend(args.backend, args.remote_model, args.api_key_env, **timeout)
-    elif args.remote_model or args.api_key_env or args.backend_timeout_ms is not None:
-        raise KaffeeError("--remote-model, --api-key-env and --backend-timeout-ms need --backend openai:URL")
+    remote = backend_config(args)
     setup_logging(args.log_level, args.log_file)
     # The protocol owns the real stdout; anything printed by accident goes to stderr.
     stdout = sys.stdout.buffer
@@ -270,6 +283,11 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
         model_dir = default_model_dir()
     engine = CompletionEngine.from_model_dir(model_dir, options, device=args.device)
+    remote = backend_config(args)
+    if remote is not None:
+        from kaffee.server.remote import RemoteBackend
+
+        engine.remote = RemoteBackend(remote, engine.tokenizer)
     uri = path.resolve().as_uri()
     root = project_root(path) if args.workspace is None else args.workspace
     if str(root) != "none":
@@ -290,6 +308,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
             "column": col,
             "model": str(model_dir),
             "degraded": engine.stats.fallback_reason,
+            "backend": remote.url if remote is not None else None,
+            "backend_down": engine.remote.down_reason if engine.remote is not None else None,
             "tokens": [
                 {"text": t.text, "logprob": round(t.logprob, 4), "attached": t.attached} for t in tokens
             ],
@@ -302,7 +322,11 @@ def cmd_complete(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
-    print(f"{path}:{line}:{col}  (model {model_dir}{', n-gram fallback' if engine.degraded else ''})")
+    served = f"model {model_dir}{', n-gram fallback' if engine.degraded else ''}"
+    if engine.remote is not None:
+        down = engine.remote.down_reason
+        served = f"backend {remote.url}" + (f" down: {down}; local {served}" if down else f", local {served}")
+    print(f"{path}:{line}:{col}  ({served})")
     print("next tokens:")
     for i, t in enumerate(tokens, 1):
         note = "  (completes the word at the cursor)" if t.attached else ""
