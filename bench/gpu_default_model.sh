@@ -7,12 +7,19 @@
 # CARRY holds train.jsonl.xz, valid.jsonl.xz and tokenizer.json (made by
 # `python -m kaffee.data.export` and `kaffee tokenizer train`). Everything the job writes
 # goes to $OUT as results.tar split into parts below 16 MiB (transfer limit).
+# The training text is laid out by repository with line-level FIM (kaffee train's defaults;
+# the exports carry project and path). tests/test_gpu_job.py runs this script on the CPU at
+# nano scale: PRESET=nano LSTM_PRESET=nano BATCH=2 BLOCK=64 LSTM_BLOCK=64 TPS=... NO_COMPILE=1.
 set -euo pipefail
 CARRY=${CARRY:-runs/gpu-carry}
 OUT=${OUT:?set OUT}
 GPT_MIN=${GPT_MIN:-4.5}        # wall-clock minutes for the gpt run (schedule sized from the benchmark)
 LSTM_MIN=${LSTM_MIN:-1}        # wall-clock minutes for the lstm baseline
-BATCH=${BATCH:-64}             # blocks of 1024 tokens per step
+PRESET=${PRESET:-base}         # gpt preset of the default model
+LSTM_PRESET=${LSTM_PRESET:-small}
+LSTM_BLOCK=${LSTM_BLOCK:-}     # tokens per lstm block (default: its preset's)
+BATCH=${BATCH:-64}             # blocks per step
+BLOCK=${BLOCK:-1024}           # tokens per block (the gpt preset's context)
 BENCH_STEPS=${BENCH_STEPS:-15}
 PY=${PY:-python}
 WORK=$(mktemp -d)
@@ -46,28 +53,32 @@ $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and tor
 # 1. throughput of gpt base (tokens/s, MFU)
 # If torch.compile fails on this image, measure (and train) without it rather than lose the run.
 COMPILE_FLAG=""
+[ -z "${NO_COMPILE:-}" ] || COMPILE_FLAG="--no-compile"
 if [ -n "${TPS:-}" ]; then
   echo "benchmark skipped: TPS=$TPS given" > "$WORK/res/throughput.txt"
-elif ! $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 3 \
-     > "$WORK/res/throughput.txt" 2> "$WORK/res/throughput.err"; then
+elif ! $PY bench/train_throughput.py --family gpt --preset "$PRESET" --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 3 \
+     $COMPILE_FLAG > "$WORK/res/throughput.txt" 2> "$WORK/res/throughput.err"; then
   tail -5 "$WORK/res/throughput.err"; COMPILE_FLAG="--no-compile"
-  $PY bench/train_throughput.py --family gpt --preset base --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 2 \
+  $PY bench/train_throughput.py --family gpt --preset "$PRESET" --batch-size "$BATCH" --steps "$BENCH_STEPS" --warmup 2 \
     --no-compile > "$WORK/res/throughput.txt"
 fi
 cat "$WORK/res/throughput.txt"
 [ -n "${TPS:-}" ] || TPS=$(grep '^{' "$WORK/res/throughput.txt" | tail -1 | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['tokens_per_s'])")
 
-# 2. gpt base: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
-STEPS=$($PY -c "print(max(50, int($TPS * $GPT_MIN * 60 * 0.9 / ($BATCH * 1024))))")
+# 2. gpt: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
+STEPS=$($PY -c "print(max(20, int($TPS * $GPT_MIN * 60 * 0.9 / ($BATCH * $BLOCK))))")
+WARMUP=$($PY -c "print(min(100, max(1, $STEPS // 10)))")
 echo "gpt: $STEPS steps at $TPS tokens/s" | tee -a "$WORK/res/env.txt"
-$PY -m kaffee train --family gpt --preset base --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
-  --out "$WORK/gpt" --max-steps "$STEPS" --max-minutes "$GPT_MIN" --batch-size "$BATCH" --lr 1.5e-3 \
-  --warmup-steps 100 --eval-interval 250 --save-interval 100000 --fim-rate 0.5 $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
+$PY -m kaffee train --family gpt --preset "$PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
+  --out "$WORK/gpt" --max-steps "$STEPS" --max-minutes "$GPT_MIN" --batch-size "$BATCH" --block-size "$BLOCK" --lr 1.5e-3 \
+  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 \
+  $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
 
-# 3. lstm baseline on the same data
-$PY -m kaffee train --family lstm --preset small --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
-  --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size 64 --lr 2e-3 --warmup-steps 100 \
-  --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile 2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
+# 3. lstm baseline on the same data (same repository layout; no FIM: it reads left to right only)
+$PY -m kaffee train --family lstm --preset "$LSTM_PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
+  --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size "$BATCH" ${LSTM_BLOCK:+--block-size "$LSTM_BLOCK"} --lr 2e-3 \
+  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile \
+  2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
 
 # 4. ship weights as fp16 without the optimizer state, in parts below 16 MiB
 echo "job done; packing results"
