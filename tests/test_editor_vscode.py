@@ -10,17 +10,22 @@ registry cannot be reached at all.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+from kaffee.server.settings import _FIELDS as FIELDS
+from kaffee.server.settings import ServerSettings, parse_settings
 
 EXTENSION = Path(__file__).resolve().parents[1] / "editors" / "vscode"
 NPM = shutil.which("npm")
 NPX = shutil.which("npx")
 NODE = shutil.which("node")
+
+SETTING_KEYS = list(FIELDS)  # the JSON names the server reads
 
 # npm's messages when the registry cannot be reached at all (no network, no DNS).
 OFFLINE_ERRORS = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT")
@@ -54,6 +59,65 @@ def test_package_json_and_lock_agree() -> None:
     assert root.get("devDependencies", {}) == package.get("devDependencies", {})
     assert package["main"] == "./dist/extension.js"  # the esbuild bundle (npm run package)
     assert "onLanguage:java" in package["activationEvents"]
+
+
+def _declared() -> dict[str, dict]:
+    """The extension's settings (package.json ``contributes.configuration``), without the ``kaffee.`` prefix."""
+    package = json.loads((EXTENSION / "package.json").read_text())
+    props = package["contributes"]["configuration"]["properties"]
+    return {key.removeprefix("kaffee."): decl for key, decl in props.items()}
+
+
+def _problems(key: str, value: object) -> list[str]:
+    return parse_settings({key: value})[1]
+
+
+def test_every_server_setting_is_declared_and_forwarded() -> None:
+    """Each setting the server reads (server/settings.py) is a VS Code setting the extension sends."""
+    declared = _declared()
+    source = (EXTENSION / "src" / "extension.ts").read_text()
+    missing = [key for key in SETTING_KEYS if key not in declared]
+    assert not missing, f"server settings not declared in package.json: {missing}"
+    # serverOptionsFromSettings puts each one into the initializationOptions it builds
+    unsent = [key for key in SETTING_KEYS if not re.search(rf"\boptions\.{key}\s*=", source)]
+    assert not unsent, f"server settings the extension does not forward: {unsent}"
+    options = re.search(r"interface KaffeeOptions \{([^}]*)\}", source)
+    assert options is not None
+    fields = set(re.findall(r"^\s*(\w+)\?:", options.group(1), re.MULTILINE))
+    assert fields == set(SETTING_KEYS), fields ^ set(SETTING_KEYS)
+
+
+def test_declared_ranges_defaults_and_choices_match_the_server() -> None:
+    declared = _declared()
+    for key in SETTING_KEYS:
+        decl = declared[key]
+        # a number the server bounds must be bounded in the settings UI, at the same place
+        name = FIELDS[key][0]
+        default = getattr(ServerSettings(), name)
+        numeric = isinstance(default, int) and not isinstance(default, bool)
+        for bound, step in (("minimum", -1), ("maximum", 1)):
+            if numeric and _problems(key, step * 10**12):
+                assert bound in decl, f"kaffee.{key} lacks its {bound}"
+            if bound in decl:
+                assert not _problems(key, decl[bound]), f"kaffee.{key}: server rejects its {bound}"
+                assert _problems(key, decl[bound] + step), f"kaffee.{key}: server accepts past its {bound}"
+        if decl.get("default") is not None:  # null: not sent, the server's default applies
+            settings, problems = parse_settings({key: decl["default"]})
+            assert not problems and getattr(settings, name) == default, key
+        for choice in decl.get("enum", []):
+            assert choice is None or not _problems(key, choice), f"kaffee.{key}: server rejects {choice!r}"
+        assert decl.get("markdownDescription") or decl.get("description"), key
+
+
+def test_settings_that_send_code_elsewhere_are_restricted_in_untrusted_workspaces() -> None:
+    package = json.loads((EXTENSION / "package.json").read_text())
+    restricted = package["capabilities"]["untrustedWorkspaces"]["restrictedConfigurations"]
+    assert {"kaffee.server.path", "kaffee.server.args", "kaffee.backend", "kaffee.apiKeyEnv"} <= set(
+        restricted
+    )
+    source = (EXTENSION / "src" / "extension.ts").read_text()
+    for key in ("backend", "apiKeyEnv"):  # read so that untrusted workspace values do not count
+        assert re.search(rf"trustedUserValue<string>\(config, '{key}'\)", source), key
 
 
 def _npm_ci() -> None:

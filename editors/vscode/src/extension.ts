@@ -38,6 +38,11 @@ interface KaffeeOptions {
     device?: 'cpu' | 'cuda' | 'auto';
     enable?: boolean;
     stats?: boolean;
+    debounceMs?: number;
+    // Always sent (null: the server's --backend flags), so clearing one takes effect.
+    backend?: string | null;
+    remoteModel?: string | null;
+    apiKeyEnv?: string | null;
 }
 
 /** The params of the server's `kaffee/status` notification. */
@@ -68,6 +73,25 @@ function userValue<T>(config: vscode.WorkspaceConfiguration, key: string): T | u
     const value =
         inspected.workspaceFolderValue ?? inspected.workspaceValue ?? inspected.globalValue;
     return value === null ? undefined : value;
+}
+
+/**
+ * Like userValue, for the settings that say where code and an API key go
+ * (`restrictedConfigurations` in package.json): in an untrusted workspace only the
+ * user's own value counts, as `config.get` does for them (`inspect` would not).
+ */
+function trustedUserValue<T>(config: vscode.WorkspaceConfiguration, key: string): T | undefined {
+    if (vscode.workspace.isTrusted) {
+        return userValue<T>(config, key);
+    }
+    const value = config.inspect<T>(key)?.globalValue;
+    return value === null ? undefined : value;
+}
+
+/** A non-empty trimmed string, else undefined. */
+function nonEmpty(value: string | undefined): string | undefined {
+    const trimmed = value?.trim();
+    return trimmed ? trimmed : undefined;
 }
 
 /** `~` is the home directory; a relative path is taken from the first workspace folder. */
@@ -112,6 +136,13 @@ function serverOptionsFromSettings(): KaffeeOptions {
     if (stats !== undefined) {
         options.stats = stats;
     }
+    const debounceMs = userValue<number>(config, 'debounceMs');
+    if (debounceMs !== undefined) {
+        options.debounceMs = debounceMs;
+    }
+    options.backend = nonEmpty(trustedUserValue<string>(config, 'backend')) ?? null;
+    options.remoteModel = nonEmpty(userValue<string>(config, 'remoteModel')) ?? null;
+    options.apiKeyEnv = nonEmpty(trustedUserValue<string>(config, 'apiKeyEnv')) ?? null;
     return options;
 }
 
@@ -229,6 +260,16 @@ function createClient(channel: vscode.LogOutputChannel): LanguageClient {
     return created;
 }
 
+/** The current settings to a running server (`workspace/didChangeConfiguration`). */
+async function sendSettings(): Promise<void> {
+    if (client !== undefined && client.state === State.Running) {
+        // Same shape as initializationOptions, under the section name.
+        await client.sendNotification(DidChangeConfigurationNotification.type, {
+            settings: { [SECTION]: serverOptionsFromSettings() },
+        });
+    }
+}
+
 async function start(channel: vscode.LogOutputChannel): Promise<void> {
     lastStatus = undefined;
     showStatus();
@@ -292,13 +333,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
             }
             if (RESTART_SETTINGS.some((key) => event.affectsConfiguration(`${SECTION}.${key}`))) {
                 await restart(channel);
-            } else if (client !== undefined && client.state === State.Running) {
-                // Same shape as initializationOptions, under the section name.
-                await client.sendNotification(DidChangeConfigurationNotification.type, {
-                    settings: { [SECTION]: serverOptionsFromSettings() },
-                });
+            } else {
+                await sendSettings();
             }
         }),
+        // Workspace values of the restricted settings count from now on.
+        vscode.workspace.onDidGrantWorkspaceTrust(() => sendSettings()),
         { dispose: () => void stop() },
     );
     await start(channel);
