@@ -27,7 +27,7 @@ from kaffee.evaluation.cost import cpu_seconds, peak_rss_mb, rss_mb
 from kaffee.evaluation.metrics import mean_estimate
 from kaffee.evaluation.system_base import RequestFailed, System, SystemSettings, SystemSpec, SystemUnavailable
 from kaffee.evaluation.system_registry import MODEL_KINDS, build_system, parse_system_spec
-from kaffee.evaluation.task_base import HeldOut, Position, SourceFile, Task
+from kaffee.evaluation.task_base import HeldOut, MetricRow, Position, SourceFile, Task
 from kaffee.evaluation.tasks import DEFAULT_TASKS, get_task
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,9 @@ class Evaluation:
                 f"{label} · {task.name}: {len(errors)} of {len(positions)} positions failed (first: {first})"
             )
         outcome = task.aggregate(positions, outputs, self.config.seed)
-        self.item_scores[(label, task.name)] = task.item_scores(positions, outputs)
+        scores = task.item_scores(positions, outputs)
+        self.item_scores[(label, task.name)] = scores
+        outcome.rows.extend(self._project_rows(task, positions, scores, outcome.rows))
         shown = task.examples(getattr(self, "held", None), positions, outputs)
         if shown:
             self.examples.setdefault(label, {})[task.name] = shown
@@ -430,6 +432,30 @@ class Evaluation:
             )
         dists = {k: [round(float(v), 3) for v in vals] for k, vals in outcome.distributions.items()}
         self.distributions.setdefault(label, {})[task.name] = dists
+
+    def _project_rows(
+        self, task: Task, positions: list[Position], scores: dict[str, list[float]], pooled: list[MetricRow]
+    ) -> list[MetricRow]:
+        """The per-position headline scores (``item_scores``) averaged per held-out project:
+        rows with slice ``project=NAME``, in the unit and direction of the pooled row."""
+        held = getattr(self, "held", None)
+        if held is None or not scores:
+            return []
+        kind = {r.metric: (r.unit, r.higher_is_better) for r in pooled if r.slice == "all"}
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(positions):
+            if p.file >= 0:
+                groups.setdefault(held.files[p.file].project, []).append(i)
+        rows = []
+        for metric, values in scores.items():
+            if metric not in kind:
+                continue
+            unit, higher = kind[metric]
+            scale = task.item_scale.get(metric, 1.0)
+            for project in sorted(groups):
+                est = mean_estimate([values[i] for i in groups[project]], scale, self.config.seed)
+                rows.append(MetricRow(metric, est, f"project={project}", unit, higher))
+        return rows
 
     def _project_gains(self, tasks: list[Task], positions: dict[str, list[Position]]) -> None:
         """Paired gain of project context (with - without, same positions), pooled and per project."""

@@ -119,6 +119,39 @@ def task_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list
     return out
 
 
+def project_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) per task with ``project=`` slices: each held-out project's headline
+    metrics per system (the harness writes them for the tasks with per-position scores)."""
+    rows = [r for r in results.get("results", []) if r["slice"].startswith("project=")]
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        sel = [r for r in rows if r["task"] == task]
+        present = set(r["metric"] for r in sel)
+        metrics = [m for m in _headline(task) if m in present] + sorted(present - set(_headline(task)))
+        first = {m: next(r for r in sel if r["metric"] == m) for m in metrics}
+        index = {(r["slice"], r["system"], r["metric"]): r for r in sel}
+        systems = list(dict.fromkeys(r["system"] for r in sel))
+        header = (
+            ["project", "system"]
+            + [_header(m, first[m]["unit"], first[m]["higher_is_better"]) for m in metrics]
+            + ["n"]
+        )
+        body = []
+        for slice_name in sorted(dict.fromkeys(r["slice"] for r in sel)):
+            for system in systems:
+                cells = [index.get((slice_name, system, m)) for m in metrics]
+                if not any(cells):
+                    continue
+                n = next(c for c in cells if c)["n"]
+                body.append(
+                    [slice_name.removeprefix("project="), system]
+                    + [format_cell(c) if c else "n/a" for c in cells]
+                    + [str(n)]
+                )
+        out.append((f"{task} per project", header, body))
+    return out
+
+
 def gain_tables(
     results: dict[str, Any], per_project: bool = True
 ) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -228,6 +261,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     ]
     for title, header, body in task_tables(results):
         out += [f"## {title}", "", markdown_table(header, body), ""]
+    for title, header, body in project_tables(results):
+        out += [f"## {title}", "", markdown_table(header, body, text_columns=2), ""]
     for title, header, body in gain_tables(results):
         out += [f"## {title}", "", markdown_table(header, body, text_columns=3), ""]
     for title, header, body in cost_table(results):
@@ -409,7 +444,8 @@ def to_html(results: dict[str, Any]) -> str:
         f"<p>{_inline(_run_line(results))}. Created {html.escape(str(results.get('created')))}.</p>",
         "<p class='small'>Cells: value [95 % bootstrap interval]; ↑ higher is better, ↓ lower.</p>",
     ]
-    for title, header, body in task_tables(results) + gain_tables(results) + cost_table(results):
+    tables = task_tables(results) + project_tables(results) + gain_tables(results) + cost_table(results)
+    for title, header, body in tables:
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, body)}")
     for title, fn in (
         ("Accuracy by token kind", plot_token_kinds),

@@ -297,3 +297,62 @@ def test_model_that_does_not_load_is_reported_not_measured(corpus, tiny_ngram_di
     results = run_evaluation(config)
     assert {r["system"] for r in results["results"]} == {"mft"}
     assert any("fallback" in p["message"] for p in results["problems"])
+
+
+def test_per_project_breakdown_in_results_and_reports(tmp_path):
+    """Each held-out project's metrics per system: an oracle that knows only one project's
+    files is perfect there and blank on the other; project names are escaped in the reports."""
+    import datasets
+    from eval_fixtures import TEST_FILES
+
+    odd = "<i>odd|name</i>"  # a project name with HTML and a Markdown table separator
+    files = {("bank", path): text for (p, path), text in TEST_FILES.items() if p == "bank"}
+    files[(odd, "src/Greeter.java")] = TEST_FILES[("greet", "src/Greeter.java")]
+    rows = [{"project": "t", "path": "T.java", "split": "train", "text": training_texts(1)[0]}]
+    rows += [{"project": p, "path": path, "split": "test", "text": t} for (p, path), t in files.items()]
+    corpus = tmp_path / "c"
+    datasets.Dataset.from_dict(
+        {
+            "text": [r["text"] for r in rows],
+            "project": [r["project"] for r in rows],
+            "path": [r["path"] for r in rows],
+            "sha256": [str(i) for i in range(len(rows))],
+            "split": [r["split"] for r in rows],
+        }
+    ).save_to_disk(str(corpus))
+    (corpus / "stats.json").write_text(json.dumps({"files_kept": len(rows)}))
+
+    knows_bank = OracleSystem({k: v for k, v in files.items() if k[0] == "bank"})
+    knows_bank.label = "bank-oracle"
+    out = tmp_path / "run"
+    config = EvalConfig(out=str(out), corpus=str(corpus), tasks=["token", "line"], limit=40, progress=False)
+    data = run_evaluation(config, systems=[knows_bank, OracleSystem(files)])
+
+    def row(system, task, metric, slice_name):
+        (r,) = [
+            r
+            for r in data["results"]
+            if (r["system"], r["task"], r["metric"], r["slice"]) == (system, task, metric, slice_name)
+        ]
+        return r
+
+    for task, metric in (("token", "top1"), ("line", "em")):
+        bank = row("bank-oracle", task, metric, "project=bank")
+        other = row("bank-oracle", task, metric, f"project={odd}")
+        assert bank["value"] == 100.0 and other["value"] == 0.0, (bank, other)
+        assert row("oracle", task, metric, f"project={odd}")["value"] == 100.0
+        pooled = row("bank-oracle", task, metric, "all")
+        assert bank["n"] + other["n"] == pooled["n"] and bank["n"] > 0 and other["n"] > 0
+        # the projects' values, weighted by their positions, give the pooled one
+        weighted = (bank["value"] * bank["n"] + other["value"] * other["n"]) / pooled["n"]
+        assert weighted == pytest.approx(pooled["value"])
+    es = [row("bank-oracle", "line", "edit_sim", f"project={p}") for p in ("bank", odd)]
+    assert es[0]["value"] == 100.0 and es[1]["value"] < 100.0
+
+    md = (out / "results.md").read_text()
+    assert "## token per project" in md and "## line per project" in md
+    assert "<i>odd\\|name</i>" in md  # the separator escaped, the table intact
+    page = (out / "report.html").read_text()
+    assert "<h2>token per project</h2>" in page and "<h2>line per project</h2>" in page
+    assert "&lt;i&gt;odd|name&lt;/i&gt;" in page and odd not in page
+    assert "<td>bank</td><td>bank-oracle</td><td>100.0" in page
