@@ -3,11 +3,11 @@
 Handlers parse the request, hand the model work to a single worker thread (never the
 event loop), and format the answer. Documents live in :class:`DocumentStore` (UTF-16
 positions, clamped). A newer request for a document supersedes an older one of the
-same kind, one that follows the previous within ``debounceMs`` waits that long first
-(superseded meanwhile, it never reaches the model), and ``$/cancelRequest`` stops work
-between decode steps. Reading, checking and answering malformed messages is
-``server/transport.py``'s (the one adapter to pygls' internals), so no message takes the
-server down or goes unanswered.
+same kind; while the user types faster than ``debounceMs`` a request first waits until
+``debounceMs`` after the last edit (superseded meanwhile, it never reaches the model),
+and ``$/cancelRequest`` stops work between decode steps. Reading, checking and
+answering malformed messages is ``server/transport.py``'s (the one adapter to pygls'
+internals), so no message takes the server down or goes unanswered.
 
 The server tells the client how it is doing: ``$/progress`` while the model loads and
 the workspace is indexed (when the client advertises ``window.workDoneProgress``), and a
@@ -163,6 +163,7 @@ class KaffeeLanguageServer(LanguageServer):
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaffee-model")
         self._inflight: dict[tuple[str, str], threading.Event] = {}
         self._last_request: dict[tuple[str, str], float] = {}  # when the last request came, for debounce
+        self._edits: dict[str, tuple[float, float]] = {}  # per document: (gap before the last edit, its time)
         self.counters: collections.Counter[str] = collections.Counter()  # answered by kaffee/counters
         self.encoding = "utf-16"
         self.shutting_down = False
@@ -492,6 +493,9 @@ class KaffeeLanguageServer(LanguageServer):
             else:
                 doc.apply_change(change.text)
         doc.version = params.text_document.version
+        now = time.monotonic()
+        last = self._edits.get(uri)
+        self._edits[uri] = (now - last[1] if last is not None else float("inf"), now)
         for kind in ("completion", "inline"):
             ev = self._inflight.get((uri, kind))
             if ev is not None:
@@ -536,6 +540,7 @@ class KaffeeLanguageServer(LanguageServer):
         self.documents.close(params.text_document.uri)
         for kind in ("completion", "inline"):
             self._last_request.pop((params.text_document.uri, kind), None)
+        self._edits.pop(params.text_document.uri, None)
         if self.engine is not None:
             self.engine.remove_document(params.text_document.uri)
 
@@ -557,11 +562,11 @@ class KaffeeLanguageServer(LanguageServer):
     async def run_model(self, uri: str, kind: str, job):
         """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it.
 
-        Debounce: a request that comes less than ``debounceMs`` after the previous one for
-        the same document and kind (the user is typing fast) first waits that long on the
-        event loop; superseded meanwhile (a newer request, an edit, ``$/cancelRequest``) it
-        is answered cancelled without reaching the model. A request after a pause goes to
-        the model at once.
+        Debounce (``debounce_until``): only while the user types faster than
+        ``debounceMs`` does a request wait, on the event loop, until ``debounceMs`` after the
+        last edit; superseded meanwhile (a newer request, an edit, ``$/cancelRequest``) it
+        is answered cancelled without reaching the model. A request after a pause in
+        typing goes to the model at once.
         """
         key = (uri, kind)
         now = time.monotonic()
@@ -573,11 +578,11 @@ class KaffeeLanguageServer(LanguageServer):
             older.set()
         cancel = threading.Event()
         self._inflight[key] = cancel
-        wait = self.settings.debounce_ms / 1000.0
+        until = debounce_until(self.settings.debounce_ms / 1000.0, now, previous, self._edits.get(uri))
         try:
-            if wait > 0 and previous is not None and now - previous < wait:
+            if until is not None:
                 self.counters["debounce_waits"] += 1
-                await asyncio.sleep(wait)
+                await asyncio.sleep(until - now)
                 if cancel.is_set():
                     self.counters["debounced"] += 1
                     raise JsonRpcRequestCancelled("superseded by a newer request or an edit while debounced")
@@ -608,6 +613,32 @@ class KaffeeLanguageServer(LanguageServer):
         for ev in list(self._inflight.values()):
             ev.set()
         self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def debounce_until(
+    wait: float, now: float, previous_request: float | None, edit: tuple[float, float] | None
+) -> float | None:
+    """When a request that came at ``now`` may go to the model; None: at once.
+
+    ``wait`` is ``debounceMs`` in seconds (0: off), ``previous_request`` when the last
+    request of the same document and kind came, ``edit`` the document's last edit as
+    (the gap before it, its time). The user is typing fast when that gap is shorter than
+    ``wait`` and the edit less than ``wait`` old: the request waits until ``wait`` after
+    the edit, so that a keystroke coming on top of it drops it. With no edit since the
+    previous request (requests repeated without typing), the same holds for the gap
+    between requests. Any other request, the first after a pause included, does not wait.
+    """
+    if wait <= 0:
+        return None
+    if edit is not None and (previous_request is None or edit[1] >= previous_request):
+        gap, at = edit
+    elif previous_request is not None:
+        gap, at = now - previous_request, now
+    else:
+        return None
+    if gap >= wait or now - at >= wait:
+        return None
+    return at + wait
 
 
 # -- formatting answers ---------------------------------------------------------------------------

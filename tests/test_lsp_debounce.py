@@ -1,11 +1,14 @@
 """Server-side debounce (issue 12, item 4), end to end through ``kaffee serve`` and pytest-lsp.
 
-A request that follows the previous one for the same document and kind within
-``debounceMs`` waits that long on the event loop and, superseded meanwhile, is answered
-cancelled without reaching the model; the first request after a pause goes to the model
-at once. Asserted on the server's ``kaffee/counters`` (``modelCalls``: engine calls that
-got to the model), not on wall-clock thresholds. The debounce here is long (1 s) and the
-requests 150 ms apart, so a busy machine does not change which request reaches the model.
+While the user types faster than ``debounceMs`` (the document's last two edits closer
+than that), a request waits on the event loop until ``debounceMs`` after the last edit
+and, superseded meanwhile, is answered cancelled without reaching the model; requests
+repeated without edits are debounced by their own gaps; the first request after a pause
+in typing goes to the model at once. Asserted on the server's ``kaffee/counters``
+(``modelCalls``: engine calls that got to the model), not on wall-clock thresholds. The
+debounce here is long (1 s) and the steps 150 ms apart, so a busy machine does not
+change which request reaches the model. The rule itself (``lsp.debounce_until``) is
+also tested directly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from kaffee.server.lsp import debounce_until
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
@@ -105,6 +109,23 @@ def is_cancelled(answer: Any) -> bool:
     return isinstance(answer, JsonRpcException) and answer.code == -32800  # RequestCancelled
 
 
+async def test_debounce_rule() -> None:
+    w = 0.05
+    inf = float("inf")
+    assert debounce_until(0.0, 10.0, 9.99, (0.01, 9.99)) is None  # off
+    assert debounce_until(w, 10.0, None, None) is None  # nothing before it
+    assert debounce_until(w, 10.0, None, (inf, 9.99)) is None  # the first edit of the document
+    assert debounce_until(w, 10.0, 9.0, (0.5, 9.99)) is None  # typed after a pause: at once
+    # typing fast: wait until `wait` after the last edit (not after the request)
+    assert debounce_until(w, 10.0, 9.97, (0.03, 9.99)) == pytest.approx(9.99 + w)
+    assert debounce_until(w, 10.0, None, (0.049, 9.98)) == pytest.approx(9.98 + w)
+    assert debounce_until(w, 10.0, 9.9, (0.03, 9.94)) is None  # the last fast edit is `wait` old
+    # no edit since the previous request: the gap between requests decides
+    assert debounce_until(w, 10.0, 9.98, (0.01, 9.5)) == pytest.approx(10.0 + w)
+    assert debounce_until(w, 10.0, 9.9, (0.01, 9.5)) is None
+    assert debounce_until(w, 10.0, 9.98, None) == pytest.approx(10.0 + w)
+
+
 async def test_isolated_request_goes_to_the_model_at_once(client: LanguageClient) -> None:
     uri = open_doc(client, "Isolated.java")
     before = await counters(client)
@@ -113,6 +134,55 @@ async def test_isolated_request_goes_to_the_model_at_once(client: LanguageClient
     assert result.items and result.items[0].insert_text.strip(), result
     assert delta(after, before, "modelCalls") == 1
     assert delta(after, before, "debounce_waits") == 0  # no debounce wait after a pause
+
+
+def type_char(client: LanguageClient, uri: str, version: int) -> None:
+    """One keystroke: a space at the end of the file (the cursor's line is unchanged)."""
+    end = types.Position(line=SOURCE.count("\n"), character=0)
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(end, end), text=" ")],
+        )
+    )
+
+
+async def test_fast_typing_reaches_the_model_only_first_and_last(client: LanguageClient) -> None:
+    """A keystroke and an inline request every 150 ms, as editors ask after each keystroke."""
+    uri = open_doc(client, "Typing.java")
+    before = await counters(client)
+    futures = []
+    for i in range(BURST):
+        if i:
+            await asyncio.sleep(GAP_S)
+        type_char(client, uri, version=2 + i)
+        futures.append(asyncio.ensure_future(inline(client, uri)))
+    answers = await asyncio.gather(*futures, return_exceptions=True)
+    after = await counters(client)
+    # the first edit follows a pause: its request goes at once; the next ones wait until 1 s
+    # after their edit, and the middle ones are dropped by the keystroke that follows
+    assert delta(after, before, "modelCalls") == 2, (before, after)
+    assert delta(after, before, "debounce_waits") == BURST - 1
+    assert delta(after, before, "debounced") == BURST - 2
+    assert all(is_cancelled(a) for a in answers[1:-1]), answers
+    assert isinstance(answers[-1], types.InlineCompletionList) and answers[-1].items, answers[-1]
+
+
+async def test_typing_after_a_pause_does_not_wait(client: LanguageClient) -> None:
+    """Keystrokes further apart than debounceMs: every request goes to the model at once,
+    even one that comes right after another request (asked without an edit, e.g. on a
+    cursor move): the keystroke before it followed a pause."""
+    uri = open_doc(client, "Slow.java")
+    before = await counters(client)
+    type_char(client, uri, version=2)
+    assert (await inline(client, uri)).items
+    await asyncio.sleep(DEBOUNCE_MS / 1000 + 0.2)
+    assert (await inline(client, uri)).items  # no edit since the last request, which was long ago
+    type_char(client, uri, version=3)  # over a second after the previous keystroke
+    assert (await inline(client, uri)).items
+    after = await counters(client)
+    assert delta(after, before, "modelCalls") == 3, (before, after)
+    assert delta(after, before, "debounce_waits") == 0
 
 
 async def test_burst_reaches_the_model_only_first_and_last(client: LanguageClient) -> None:
