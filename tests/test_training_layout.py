@@ -199,3 +199,20 @@ def test_cli_train_records_the_layout(share, tiny_tokenizer, tmp_path):
     assert main(args) == 0
     meta = json.loads((out / "config.json").read_text())
     assert meta["layout"] == REPO_LAYOUT and meta["line_fim_share"] == share
+
+
+def test_finetune_can_switch_a_model_to_the_repo_layout(tiny_model_dir: Path, tmp_path):
+    from kaffee.training.data import DataConfig
+    from kaffee.training.run import run_finetune
+    from kaffee.training.trainer import TrainConfig
+
+    project = tmp_path / "bank"
+    for path, text in PROJECT.items():
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text(text * 8)
+    cfg = TrainConfig(max_steps=2, batch_size=2, block_size=32, eval_interval=2, eval_blocks=2)
+    out = tmp_path / "ft"
+    run_finetune(tiny_model_dir, project, out, cfg, DataConfig(), layout=REPO_LAYOUT)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["layout"] == REPO_LAYOUT and meta["finetuned_from"] == str(tiny_model_dir)
+    assert json.loads((tiny_model_dir / "config.json").read_text()).get("layout") != REPO_LAYOUT

@@ -121,6 +121,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--from", dest="from_dir", type=Path, required=True, help="model directory to start from")
     f.add_argument("--corpus", type=Path, required=True, help="corpus directory or a directory of Java code")
+    f.add_argument(
+        "--layout",
+        choices=("repo", "files"),
+        default=None,
+        help="repo: files of a project side by side under path headers (what the engine's project "
+        "context then reproduces); files: one file at a time (default: the base model's layout)",
+    )
     _out_args(f)
     _loop_args(f, lr=1e-4, steps=200)
     f.set_defaults(func=cmd_finetune)
@@ -178,7 +185,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     data_cfg = DataConfig(seed=args.seed, num_proc=args.num_proc, max_docs=args.max_docs)
     result = run_finetune(
-        args.from_dir, args.corpus, args.out, _train_config(args), data_cfg, args.resume, args.force
+        args.from_dir,
+        args.corpus,
+        args.out,
+        _train_config(args),
+        data_cfg,
+        args.resume,
+        args.force,
+        args.layout,
     )
     _emit(result)
     print(f"validation loss: {result['val_loss_before']:.4f} -> {result['val_loss_after']:.4f} (nats/token)")

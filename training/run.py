@@ -314,7 +314,10 @@ def run_finetune(
     data_cfg: DataConfig,
     resume: bool = False,
     force: bool = False,
+    layout: str | None = None,
 ) -> dict:
+    """Fine-tune ``from_dir`` on ``source``; ``layout`` ("repo" or "files") changes how the text is
+    laid out (default: the base model's own layout)."""
     base = checkpoint.load_model(from_dir)
     if base.family == "ngram":
         raise KaffeeError(
@@ -327,7 +330,7 @@ def run_finetune(
         "base": _tensors_hash(init_tensors),
         "corpus": str(source.resolve()),
         "fim_rate": fim_rate,
-        "layout": base.meta.get("layout", "files"),
+        "layout": layout or base.meta.get("layout", "files"),
     }
     spec = run_spec(base.family, base.cfg, tok, cfg, data)
     resume_run = continue_run(out, spec, resume, force)
@@ -335,9 +338,11 @@ def run_finetune(
     from kaffee.training.data import docs_stream
 
     _say(f"fine-tuning {from_dir} on {len(train_texts)} files ({len(valid_texts)} held out for validation)")
-    # the base model's own layout: a repository-layout model keeps reading files under path headers
-    repo = base.meta.get("layout") == REPO_LAYOUT
-    share = float(base.meta.get("line_fim_share", 0.0) or 0.0)
+    # the base model's own layout unless told otherwise: a repository-layout model keeps reading
+    # files under path headers; an older model can learn to (--layout repo)
+    repo = data["layout"] == REPO_LAYOUT
+    share = float(base.meta.get("line_fim_share", data_cfg.line_fim_share if repo else 0.0) or 0.0)
+    share = share if fim_rate > 0 else 0.0
     train_stream = docs_stream(train_texts, tok, fim_rate, data_cfg.seed, share, repo)
     if resume_run:
         _check_data(out, len(train_stream), resume)
@@ -366,6 +371,8 @@ def run_finetune(
     meta = {
         **{k: v for k, v in base.meta.items() if k not in ("config", "family", "training")},
         "finetuned_from": str(from_dir),
+        "layout": data["layout"],
+        "line_fim_share": share,
         "corpus": str(source),
         "hardware": hardware(),
     }
