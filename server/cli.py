@@ -131,12 +131,13 @@ def add_backend_arguments(parser) -> None:
         type=float,
         default=None,
         metavar="MS",
-        help="longest wait for the backend's answer before the local model answers (default 1000)",
+        help="longest wait for the backend's answer before the local model answers "
+        "(default 1000 for serve, 10000 for complete)",
     )
 
 
-def backend_config(args: argparse.Namespace):
-    """The RemoteConfig the flags ask for, or None without --backend."""
+def backend_config(args: argparse.Namespace, timeout_ms: float | None = None):
+    """The RemoteConfig the flags ask for, or None without --backend (``timeout_ms``: the default wait)."""
     if args.backend is None:
         if args.remote_model or args.api_key_env or args.backend_timeout_ms is not None:
             raise KaffeeError(
@@ -145,7 +146,8 @@ def backend_config(args: argparse.Namespace):
         return None
     from kaffee.server.remote import parse_backend
 
-    timeout = {} if args.backend_timeout_ms is None else {"timeout_ms": args.backend_timeout_ms}
+    timeout_ms = args.backend_timeout_ms if args.backend_timeout_ms is not None else timeout_ms
+    timeout = {} if timeout_ms is None else {"timeout_ms": timeout_ms}
     return parse_backend(args.backend, args.remote_model, args.api_key_env, **timeout)
 
 
@@ -283,7 +285,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
         model_dir = default_model_dir()
     engine = CompletionEngine.from_model_dir(model_dir, options, device=args.device)
-    remote = backend_config(args)
+    remote = backend_config(args, timeout_ms=10_000)  # one cold question, nobody typing: wait longer
     if remote is not None:
         from kaffee.server.remote import RemoteBackend
 

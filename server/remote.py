@@ -8,7 +8,9 @@ when it answers ``None`` the local model answers.
 
 - Prompts go as token ids where the server takes them (vLLM, ``llama-server``) and as
   text otherwise: the first id-list prompt that gets a 4xx/5xx is retried as text, and
-  text is used from then on (``llama_cpp.server`` answers an id list with HTTP 500).
+  text is used from then on (``llama_cpp.server`` answers an id list with HTTP 500). A
+  one-token warm-up, sent when the backend is built, finds this out (and the model name)
+  before the first suggestion needs it.
 - Completions are streamed; the stop rule reads the text as it comes, and when it cuts,
   when the editor cancels or supersedes the request, or when time runs out, the stream
   is closed (the connection is dropped, which stops generation on the server).
@@ -187,7 +189,11 @@ class RemoteBackend:
             return httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, http2=False)
 
         self._client = self._run_now(make_client())
-        self._httpx = httpx
+
+        async def start_warming():
+            return asyncio.ensure_future(self._warm())
+
+        self._warming = self._run_now(start_warming())  # first requests wait for it instead of repeating it
 
     # -- what the engine asks -------------------------------------------------------------------
     @property
@@ -320,6 +326,15 @@ class RemoteBackend:
             self._notices.append((message, True))
         log.warning("%s", message)
 
+    async def _warm(self) -> None:
+        """Learn the model name and whether token ids are taken, before the first suggestion needs them."""
+        try:
+            await asyncio.wait_for(
+                self._post([self.tokenizer.eos_id], {"max_tokens": 1}, warm=True), PROBE_TIMEOUT_S
+            )
+        except Exception as exc:  # the first request will find out, and say so
+            log.debug("warming up %s failed: %s", self.config.url, _describe(exc, self.config))
+
     async def _probe(self) -> None:
         try:
             await asyncio.wait_for(self._post([self.tokenizer.eos_id], {"max_tokens": 1}), PROBE_TIMEOUT_S)
@@ -376,13 +391,19 @@ class RemoteBackend:
         log.info("remote backend %s serves model %s", self.config.url, self._model or "(unnamed)")
 
     async def _post(
-        self, ids: list[int], extra: dict, on_piece: Callable[[str, str | None], bool] | None = None
+        self,
+        ids: list[int],
+        extra: dict,
+        on_piece: Callable[[str, str | None], bool] | None = None,
+        warm: bool = False,
     ):
         """POST /completions with ``ids`` (as ids, or as text where ids are refused); the first choice.
 
         With ``on_piece`` the answer is streamed and each piece handed to it; it returns
         True to close the stream. The result is then None.
         """
+        if not warm and not self._warming.done():
+            await asyncio.shield(self._warming)
         await self._resolve_model()
         while True:
             as_ids = self.send_ids is not False

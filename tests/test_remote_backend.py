@@ -60,10 +60,11 @@ def test_ids_first_then_text_once_refused_and_stop_rule_cuts(tiny_tokenizer, bac
     for _ in range(2):
         gen = backend.complete(prompt, LineStop(""), max_new=16)
         assert (gen.text, gen.reason) == ("fakeRemote(42);", "newline")
-    bodies = fake.requests
-    assert len(bodies) == 3  # ids refused once, then text for good
-    assert isinstance(bodies[0]["prompt"], list)
-    assert bodies[1]["prompt"] == bodies[2]["prompt"] == "<|endoftext|>" + TEXT
+    warm, bodies = fake.requests[:2], fake.requests[2:]  # a one-token warm-up learns what the server takes
+    assert isinstance(warm[0]["prompt"], list) and warm[1]["prompt"] == "<|endoftext|>"
+    assert warm[0]["max_tokens"] == warm[1]["max_tokens"] == 1
+    assert len(bodies) == 2  # ids were refused once (by the warm-up), text from then on
+    assert bodies[0]["prompt"] == bodies[1]["prompt"] == "<|endoftext|>" + TEXT
     assert bodies[1]["model"] == "fake-model" and bodies[1]["temperature"] == 0.0
     assert bodies[1]["stream"] is True and bodies[1]["max_tokens"] == 16
     assert backend.stats.as_text and backend.up
@@ -71,7 +72,7 @@ def test_ids_first_then_text_once_refused_and_stop_rule_cuts(tiny_tokenizer, bac
     fake2, backend2 = backends(tiny_tokenizer)  # a server that takes ids keeps getting ids
     backend2.complete(prompt, LineStop(""), max_new=16)
     backend2.complete(prompt, LineStop(""), max_new=16)
-    assert [b["prompt"] for b in fake2.requests] == [prompt.ids, prompt.ids]
+    assert [b["prompt"] for b in fake2.requests] == [[tiny_tokenizer.eos_id], prompt.ids, prompt.ids]
 
 
 def test_healing_kept_when_the_backend_spells_it_else_one_unhealed_retry(tiny_tokenizer, backends) -> None:
