@@ -8,13 +8,18 @@ same count structure built over the file being edited, mixed in by confidence.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from kaffee.models.lm import DecodeState, LanguageModel
+from kaffee.models.sorted_runs import SortedRuns
+from tqdm import tqdm
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier for the rolling history hash
+DEFAULT_CHUNK = 1 << 23  # token positions counted at once, and pairs held in memory before a spill
 
 
 @dataclass
@@ -54,27 +59,39 @@ class NgramCounts:
 
     # -- building -----------------------------------------------------------------------
     @classmethod
-    def build(cls, tokens: np.ndarray, vocab_size: int, order: int, min_count: int = 1) -> NgramCounts:
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    def build(cls, tokens: np.ndarray, vocab_size: int, order: int, min_count: int = 1,
+              chunk: int = DEFAULT_CHUNK, spill_dir: Path | None = None, progress: bool = False) -> NgramCounts:  # fmt: skip
+        """Count the n-grams of ``tokens`` with memory bounded by ``chunk`` besides the counts themselves.
+
+        The top order keeps raw counts; a lower order n keeps continuation counts (the number of
+        distinct (n+1)-gram keys whose first occurrence has this n-gram as its suffix). Keys are
+        counted ``chunk`` positions at a time; past ``chunk`` pairs in memory, sorted runs are
+        spilled under ``spill_dir`` (default: the system's temporary folder) and merged
+        (:mod:`kaffee.models.sorted_runs`). The counts do not depend on ``chunk``.
+        """
         vbits = _vbits(vocab_size)
         keys: list[np.ndarray] = [np.empty(0, np.int64)] * order
         counts: list[np.ndarray] = [np.empty(0, np.int32)] * order
-        above_idx = None  # first-occurrence positions of the unique (n+1)-grams
+        bar = tqdm(total=order, desc="n-gram orders", unit="order", disable=not progress)
         for n in range(order, 0, -1):
-            k = _keys_of_order(tokens, n, vbits)
-            if n == order or above_idx is None:
-                uniq, idx, cnt = np.unique(k, return_index=True, return_counts=True)
-            else:
-                # continuation count of g = number of distinct left extensions of g
-                suffix_keys = k[above_idx + 1]
-                uniq, cnt = np.unique(suffix_keys, return_counts=True)
-                _, idx = np.unique(k, return_index=True)  # positions for the next order down
+            if n == order:
+                runs = SortedRuns("sum", chunk, spill_dir)
+                for k, _ in _chunks(tokens, n, 0, chunk, vbits):
+                    runs.add(k, np.ones(len(k), np.int64))
+            else:  # each distinct (n+1)-gram key gives its first occurrence's suffix one continuation
+                firsts = SortedRuns("first", chunk, spill_dir)
+                for k, suffix in _chunks(tokens, n + 1, n, chunk, vbits):
+                    firsts.add(k, suffix)
+                runs = SortedRuns("sum", chunk, spill_dir)
+                for _, suffix in firsts.merged():
+                    runs.add(suffix, np.ones(len(suffix), np.int64))
+            uniq, cnt = _collect(runs.merged())
             if n >= 3 and min_count > 1:
                 keep = cnt >= min_count
                 uniq, cnt = uniq[keep], cnt[keep]
             keys[n - 1], counts[n - 1] = uniq, cnt.astype(np.int32)
-            above_idx = idx[idx + 1 < len(tokens)] if n > 1 else None
-            del k
+            bar.update(1)
+        bar.close()
         return cls(vocab_size, keys, counts, _discounts(counts))
 
     # -- querying -----------------------------------------------------------------------
@@ -159,6 +176,29 @@ def _keys_of_order(tokens: np.ndarray, n: int, vbits: int) -> np.ndarray:
         for j in range(n - 1):
             h = (h * _PRIME + (tokens[j : j + m].astype(np.uint64) + np.uint64(1))) & hmask
     return ((h << np.uint64(vbits)) | tokens[n - 1 : n - 1 + m].astype(np.uint64)).astype(np.int64)
+
+
+def _chunks(tokens: np.ndarray, n: int, suffix_order: int, chunk: int,
+            vbits: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:  # fmt: skip
+    """Keys of the n-grams starting at each position, ``chunk`` positions at a time, with (when
+    ``suffix_order``) the key of the ``suffix_order``-gram starting one position later."""
+    positions = len(tokens) - n + 1
+    for start in range(0, max(positions, 0), chunk):
+        end = min(start + chunk, positions)
+        part = np.asarray(tokens[start : end + n - 1], dtype=np.int64)
+        suffix = _keys_of_order(part[1:], suffix_order, vbits)[: end - start] if suffix_order else None
+        yield _keys_of_order(part, n, vbits), suffix
+
+
+def _collect(blocks: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate merged (keys, counts) blocks."""
+    ks, cs = [], []
+    for k, c in blocks:
+        ks.append(k)
+        cs.append(c)
+    if not ks:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(ks), np.concatenate(cs)
 
 
 def _discounts(counts: list[np.ndarray]) -> np.ndarray:
