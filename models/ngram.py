@@ -89,7 +89,7 @@ class NgramCounts:
             if n >= 3 and min_count > 1:
                 keep = cnt >= min_count
                 uniq, cnt = uniq[keep], cnt[keep]
-            keys[n - 1], counts[n - 1] = uniq, cnt.astype(np.int32)
+            keys[n - 1], counts[n - 1] = uniq, cnt.astype(np.int32, copy=False)
             bar.update(1)
         bar.close()
         return cls(vocab_size, keys, counts, _discounts(counts))
@@ -191,14 +191,16 @@ def _chunks(tokens: np.ndarray, n: int, suffix_order: int, chunk: int,
 
 
 def _collect(blocks: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate merged (keys, counts) blocks."""
+    """Concatenate merged (keys, counts) blocks (counts as int32, block by block, to spare memory)."""
     ks, cs = [], []
     for k, c in blocks:
         ks.append(k)
-        cs.append(c)
+        cs.append(c.astype(np.int32))
     if not ks:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(ks), np.concatenate(cs)
+        return np.empty(0, np.int64), np.empty(0, np.int32)
+    keys = np.concatenate(ks)
+    del ks[:]
+    return keys, np.concatenate(cs)
 
 
 def _discounts(counts: list[np.ndarray]) -> np.ndarray:
