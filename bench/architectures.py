@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def train_all(args: argparse.Namespace) -> dict[str, Path]:
     """label -> model directory, for every family and budget."""
     out: dict[str, Path] = {}
     common = ["--corpus", str(args.corpus), "--tokenizer", str(args.tokenizer), "--preset", args.preset]
-    common += ["--max-docs", str(args.max_docs), "--fim-rate", "0"]
+    common += ["--max-docs", str(args.max_docs), "--fim-rate", "0", *shlex.split(args.train_args)]
     for family in args.families.split(","):
         budgets = [0.0] if family == "ngram" else [float(b) for b in args.budgets.split(",")]
         for minutes in budgets:
@@ -152,6 +153,9 @@ def main() -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--max-docs", type=int, default=3000, help="training documents (same for every family)")
     p.add_argument("--max-steps", type=int, default=2000, help="schedule length; the minutes stop earlier")
+    p.add_argument(
+        "--train-args", default="", help="more kaffee train arguments, the same for every family (one string)"
+    )
     p.add_argument("--limit", type=int, default=150, help="positions per task")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
