@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,7 @@ class KaffeeLanguageServer(LanguageServer):
     def check_engine_health(self) -> None:
         """Tell the user when suggestions start, or stop, coming from the n-gram fallback."""
         engine = self.engine
-        remote = engine.remote if engine is not None else None
+        remote = getattr(engine, "remote", None)  # an engine stand-in may have none
         notice = remote.take_notice() if remote is not None else None
         if notice is not None:  # the backend went down or came back: once each time
             message, good = notice
@@ -244,8 +245,9 @@ class KaffeeLanguageServer(LanguageServer):
                 backend = type(m).__name__ + (f" {q}" if q and q != "none" else "")
             dev = getattr(m, "device", None) if m is not None and not engine.degraded else None
             device = str(dev) if dev is not None else device
-            if engine.remote is not None and engine.remote.up:
-                backend, device = f"remote {engine.remote.describe()}", "remote"
+            remote = getattr(engine, "remote", None)
+            if remote is not None and remote.up:
+                backend, device = f"remote {remote.describe()}", "remote"
         if not self.settings.enable:
             state = "disabled"
         elif self.engine_error is not None:
@@ -559,14 +561,15 @@ class KaffeeLanguageServer(LanguageServer):
         )
 
     # -- running model work -----------------------------------------------------------------------
-    async def run_model(self, uri: str, kind: str, job):
+    async def run_model(self, uri: str, kind: str, job, free: Callable[[], bool] | None = None):
         """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it.
 
         Debounce (``debounce_until``): only while the user types faster than
         ``debounceMs`` does a request wait, on the event loop, until ``debounceMs`` after the
         last edit; superseded meanwhile (a newer request, an edit, ``$/cancelRequest``) it
         is answered cancelled without reaching the model. A request after a pause in
-        typing goes to the model at once.
+        typing goes to the model at once, and so does one that ``free()`` says needs no
+        model (nothing to save by waiting).
         """
         key = (uri, kind)
         now = time.monotonic()
@@ -579,6 +582,9 @@ class KaffeeLanguageServer(LanguageServer):
         cancel = threading.Event()
         self._inflight[key] = cancel
         until = debounce_until(self.settings.debounce_ms / 1000.0, now, previous, self._edits.get(uri))
+        if until is not None and free is not None and free():
+            self.counters["debounce_skipped"] += 1
+            until = None
         try:
             if until is not None:
                 self.counters["debounce_waits"] += 1
@@ -770,7 +776,8 @@ def build_server(
         """Requests seen, debounced and superseded, ``modelCalls`` (engine calls that reached the model),
         and with a backend how its calls went (``remoteAnswered``, ``remoteFallbacks``, …)."""
         engine = ls.engine
-        remote = engine.remote.stats if engine is not None and engine.remote is not None else None
+        backend = getattr(engine, "remote", None)
+        remote = backend.stats if backend is not None else None
         extra = (
             {}
             if remote is None
@@ -839,7 +846,12 @@ def build_server(
                 return None
             return engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel, document=cur.uri)
 
-        result = await ls.run_model(cur.uri, "inline", job)
+        def free() -> bool:  # the user typed on through the last suggestion: its rest, no model
+            engine = ls.engine
+            reuse = getattr(engine, "_reuse", None)  # the engine's own check, read-only
+            return reuse is not None and reuse(cur.prefix, cur.suffix) is not None
+
+        result = await ls.run_model(cur.uri, "inline", job, free)
         text = result.text if result is not None else ""
         offer = ls.answered("inline", t0, len(text))
         if not text:

@@ -36,6 +36,7 @@ and deadline.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import math
@@ -358,7 +359,7 @@ class RemoteBackend:
         while True:
             try:
                 return fut.result(timeout=0.005)
-            except TimeoutError:
+            except concurrent.futures.TimeoutError:  # the builtin TimeoutError only from Python 3.11
                 pass
             if _cancelled(cancel):
                 fut.cancel()
