@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from kaffee.server.lsp import debounce_until
+from kaffee.server.lsp import KaffeeLanguageServer, debounce_until
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
@@ -124,6 +126,25 @@ async def test_debounce_rule() -> None:
     assert debounce_until(w, 10.0, 9.98, (0.01, 9.5)) == pytest.approx(10.0 + w)
     assert debounce_until(w, 10.0, 9.9, (0.01, 9.5)) is None
     assert debounce_until(w, 10.0, 9.98, None) == pytest.approx(10.0 + w)
+
+
+async def test_a_request_that_needs_no_model_does_not_wait(tmp_path, monkeypatch) -> None:
+    """While typing fast, a request the engine answers without the model (the user typed on
+    through the last suggestion) skips the wait; one that needs the model waits."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the stats file, never the user's
+    ls = KaffeeLanguageServer()
+    ls.settings = replace(ls.settings, debounce_ms=100)
+    try:
+        ls._edits["file:///x.java"] = (0.02, time.monotonic())  # two edits 20 ms apart, just now
+        answer = await ls.run_model("file:///x.java", "inline", lambda cancel: "free", lambda: True)
+        assert answer == "free"
+        assert ls.counters["debounce_skipped"] == 1 and ls.counters["debounce_waits"] == 0
+        ls._edits["file:///x.java"] = (0.02, time.monotonic())
+        answer = await ls.run_model("file:///x.java", "inline", lambda cancel: "model", lambda: False)
+        assert answer == "model"
+        assert ls.counters["debounce_skipped"] == 1 and ls.counters["debounce_waits"] == 1
+    finally:
+        ls.shutdown_work()
 
 
 async def test_isolated_request_goes_to_the_model_at_once(client: LanguageClient) -> None:
