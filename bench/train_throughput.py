@@ -5,6 +5,7 @@ without the attention term). Prints one JSON line per configuration and a Markdo
 
     python bench/train_throughput.py                       # CPU: every family, nano+small
     python bench/train_throughput.py --family gpt --preset base --batch-size 64 --steps 30
+    python bench/train_throughput.py --host-data 1024 --batch-size 64 --steps 50   # the data loader alone
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 from kaffee.models import families
 from kaffee.training.trainer import TrainConfig, lm_loss, make_optimizer
@@ -75,6 +77,30 @@ def measure(
     }
 
 
+def measure_host_data(batch: int, block: int, vocab: int, steps: int, tokens: int = 100_000_000) -> dict:
+    """Host-side loading alone: the trainer's HostBatches over a uint16 stream, prefetching as in training.
+
+    The GPU must never wait for it: compare its tokens/s with the model's.
+    """
+    from kaffee.training.data import BlockSampler
+    from kaffee.training.trainer import HostBatches
+
+    stream = np.random.default_rng(0).integers(0, vocab, size=tokens, dtype=np.uint16)
+    loader = HostBatches(BlockSampler(stream, block, 0), batch, pin=torch.cuda.is_available())
+    loader.get(0, prefetch=batch)
+    t0 = time.perf_counter()
+    for i in range(1, steps + 1):
+        loader.get(i * batch, prefetch=(i + 1) * batch)
+    dt = time.perf_counter() - t0
+    loader.close()
+    return {
+        "bench": "host_data",
+        "batch": batch,
+        "block": block,
+        "tokens_per_s": round(steps * batch * block / dt),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", action="append", help="gpt / lstm (default both)")
@@ -84,7 +110,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument(
+        "--host-data", type=int, default=None, metavar="BLOCK", help="measure host-side data loading only"
+    )
     args = ap.parse_args()
+    if args.host_data:
+        print(json.dumps(measure_host_data(args.batch_size, args.host_data, args.vocab, max(args.steps, 20))))
+        return
     rows = []
     for fam in args.family or ["gpt", "lstm"]:
         for preset in args.preset or ["nano", "small"]:

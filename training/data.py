@@ -34,7 +34,7 @@ from kaffee.training.repo_order import dependency_order
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 2  # bump when the text a document turns into changes (invalidates token caches)
+LAYOUT_VERSION = 3  # bump when the text a document turns into changes (invalidates token caches)
 
 
 @dataclass
@@ -269,7 +269,11 @@ def cached_token_stream(
     fim: bool,
     cache_dir: Path,
 ) -> np.ndarray:
-    """token_stream, cached as .npy keyed by everything that changes its content."""
+    """token_stream, cached as .npy keyed by everything that changes its content.
+
+    Stored as uint16 when the vocabulary fits (half the bytes of int32) and returned
+    memory-mapped, so a large stream is paged in as blocks are read, not held in RAM.
+    """
     key = json.dumps(
         [
             str(source.resolve()),
@@ -284,15 +288,16 @@ def cached_token_stream(
         ]
     )
     path = cache_dir / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    arr = token_stream(source, split, tok, tok_path, cfg, fim)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # per-process temp name: under torchrun every rank tokenises and writes the same cache
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
-    return arr
+    if not path.is_file():
+        arr = token_stream(source, split, tok, tok_path, cfg, fim)
+        if tok.vocab_size <= np.iinfo(np.uint16).max:
+            arr = arr.astype(np.uint16)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # per-process temp name: under torchrun every rank tokenises and writes the same cache
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+    return np.load(path, mmap_mode="r")
 
 
 class BlockSampler:

@@ -134,6 +134,38 @@ def _precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+class HostBatches:
+    """Training batches as int64 tensors, the next one made on a background thread while the model runs.
+
+    Which blocks a batch holds is a pure function of its first block index (``BlockSampler``),
+    so prefetching changes nothing but when the work is done. ``pin``: page-locked memory,
+    for asynchronous copies to a GPU.
+    """
+
+    def __init__(self, sampler: BlockSampler, batch_size: int, pin: bool):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.sampler, self.batch_size, self.pin = sampler, batch_size, pin
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kaffee-batches")
+        self._next: tuple[int, object] | None = None
+
+    def _make(self, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = self.sampler.batch(first, self.batch_size)
+        x, y = torch.from_numpy(xb.astype(np.int64)), torch.from_numpy(yb.astype(np.int64))
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+
+    def get(self, first: int, prefetch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._next is not None and self._next[0] == first:
+            batch = self._next[1].result()
+        else:
+            batch = self._make(first)
+        self._next = (prefetch, self._pool.submit(self._make, prefetch)) if prefetch is not None else None
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def train(
     family: str,
     model_cfg,
@@ -193,6 +225,7 @@ def train(
     )
     world, rank = accel.num_processes, accel.process_index
     per_step = cfg.batch_size * cfg.grad_accum * world
+    loader = HostBatches(sampler, cfg.batch_size, pin=torch.device(device).type == "cuda")
     n_params = sum(p.numel() for p in module.parameters())
     accel.print(
         f"{family}: {n_params / 1e6:.2f}M params, {len(train_stream):,} train tokens, block {block}, "
@@ -260,9 +293,9 @@ def train(
         try:
             for micro in range(cfg.grad_accum):
                 first = base + (micro * world + rank) * cfg.batch_size
-                xb, yb = sampler.batch(first, cfg.batch_size)
-                x = torch.from_numpy(xb.astype(np.int64)).to(device, non_blocking=True)
-                y = torch.from_numpy(yb.astype(np.int64)).to(device, non_blocking=True)
+                nxt = first + world * cfg.batch_size  # the next micro-batch (this step's or the next step's)
+                x, y = loader.get(first, prefetch=nxt)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 sync = micro == cfg.grad_accum - 1
                 ctx = accel.no_sync(train_module) if not sync and world > 1 else contextlib.nullcontext()
                 with ctx, accel.autocast():
@@ -280,10 +313,16 @@ def train(
             ) from exc
         state.step += 1
         state.tokens += per_step * block
-        loss_value = float(accel.reduce(torch.as_tensor(loss_sum, device=device), reduction="mean"))
+        # reading the loss waits for the GPU: only when it is logged, evaluated or asked for
+        # (every step with several processes: the reduce is a collective all of them must join)
+        loss_value = None
+        if world > 1 or on_step or state.step % cfg.log_interval == 0 or state.step % cfg.eval_interval == 0:
+            loss_value = float(accel.reduce(torch.as_tensor(loss_sum, device=device), reduction="mean"))
         if on_step:
             on_step(state.step, loss_value)
         if state.step % cfg.log_interval == 0 or state.step == cfg.max_steps:
+            if loss_value is None:
+                loss_value = float(loss_sum)
             now = time.time()
             tps = (state.tokens - tok_last) / max(1e-9, now - t_last)
             t_last, tok_last = now, state.tokens
@@ -306,6 +345,8 @@ def train(
                 accel.unwrap_model(train_module), valid, cfg.eval_blocks, cfg.batch_size, device, loss_fn
             )
             if val is not None:
+                if loss_value is None:  # the time budget ended this step
+                    loss_value = float(loss_sum)
                 state.best_val = val if state.best_val is None else min(state.best_val, val)
                 rec = {"step": state.step, "val_loss": val, "train_loss": loss_value}
                 state.history.append(rec)
@@ -317,6 +358,7 @@ def train(
             accel.print(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
             break
     bar.close()
+    loader.close()
     accel.wait_for_everyone()
     elapsed = time.time() - start_time
     checksum = float(
