@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable
 from kaffee.errors import KaffeeError
 from kaffee.evaluation.system_base import System, SystemSettings, SystemSpec
 
-MODEL_KINDS = ("gpt", "lstm", "ngram", "model")
+MODEL_KINDS = ("gpt", "lstm", "ngram", "hf", "model")  # hf: a Hugging Face causal-LM directory (models/hf.py)
 DIR_KINDS = (*MODEL_KINDS, "bert")  # KIND:DIR specs (bert answers by filling masks, not through the engine)
 SYSTEM_KINDS = (*DIR_KINDS, "mft", "lsp", "openai")
 SPEC_HELP = (
-    "a system spec is KIND:DIR[,option=value...] with KIND one of gpt, lstm, ngram, model "
+    "a system spec is KIND:DIR[,option=value...] with KIND one of gpt, lstm, ngram, hf (a Hugging Face "
+    "causal-LM directory), model "
     "(options: cache=on|off, project=on|off, fim=on|off, ctx=TOKENS, label=NAME, or any EngineOptions field), "
     "bert:DIR (a masked LM filling mask slots at the cursor; options slots, beam, ahead, max_pieces, right, label), "
     "'mft' (most-frequent-token baseline from the train split), 'lsp:COMMAND' (a stdio language server), "

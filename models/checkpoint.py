@@ -18,6 +18,7 @@ from kaffee.atomic_dir import make_tmp_dir, recover_dir, replace_dir
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.models import families
+from kaffee.models.hf import is_hf_config
 from kaffee.models.lm import LanguageModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -171,19 +172,35 @@ def save_model_dir(
     atomic_dir(Path(out), write)
 
 
+NEITHER = (
+    "neither a Kaffee model (config.json with 'family' and 'config') nor a Hugging Face causal LM "
+    "(config.json with 'model_type' or 'architectures')"
+)
+
+
 def read_meta(model_dir: Path) -> dict[str, Any]:
+    """config.json of a model directory; for a Hugging Face checkpoint ``{"family": "hf", "config": ...}``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise KaffeeError(f"model directory {model_dir} does not exist")
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
-        raise KaffeeError(f"{model_dir} is not a Kaffee model directory (no config.json)")
+        raise KaffeeError(
+            f"{model_dir} is not a Kaffee model directory nor a Hugging Face causal LM (no config.json)"
+        )
     try:
         meta = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise KaffeeError(f"{cfg_path} is not valid JSON ({exc})") from exc
+    if is_hf_config(meta):  # an ordinary Hugging Face checkpoint: models/hf.py serves it
+        return {"family": "hf", "config": meta}
     if not isinstance(meta, dict) or "family" not in meta or "config" not in meta:
-        raise KaffeeError(f"{cfg_path} is not a Kaffee config (needs 'family' and 'config')")
+        raise KaffeeError(f"{cfg_path} is not a model config: {NEITHER}")
+    if meta["family"] not in families.FAMILIES:
+        raise KaffeeError(
+            f"{cfg_path} names the model family {meta['family']!r}, which Kaffee does not know "
+            f"(families: {', '.join(families.FAMILIES)})"
+        )
     return meta
 
 
@@ -194,6 +211,10 @@ def load_model(model_dir: str | Path, device: str = "cpu", expect_family: str | 
     family = meta["family"]
     if expect_family and family != expect_family:
         raise KaffeeError(f"{model_dir} holds a {family} model, not {expect_family}")
+    if family == "hf":
+        from kaffee.models.hf import load_hf
+
+        return load_hf(model_dir, device=device)
     fam = families.get_family(family)
     try:
         cfg = fam.config_cls(**meta["config"])

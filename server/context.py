@@ -84,6 +84,8 @@ class PrefixEncoder:
         self._ids: list[int] = []  # its ids
 
     def encode(self, text: str) -> list[int]:
+        if not getattr(self.tokenizer, "splits_at_newline", True):  # GPT-2's split (models/hf.py)
+            return self.tokenizer.encode(text)
         head = self._head
         if head and text.startswith(head):
             ids = self._ids + self.tokenizer.encode(text[len(head) :])

@@ -202,14 +202,21 @@ class CompletionEngine:
                 fallback = load_model(fallback_dir, device="cpu")
             except Exception as exc:
                 log.error("cannot load the fallback model %s: %s", fallback_dir, exc)
+        options = options or EngineOptions()
+        # a missing or foreign directory is an error, never a silent n-gram; an HF checkpoint
+        # that does not load has no Kaffee tokenizer for the n-gram either
+        family = read_meta(path)["family"]
         try:
-            options = options or EngineOptions()
-            if read_meta(path)["family"] == "gpt" and not options.naive:
+            if family == "gpt" and not options.naive:
                 # straight into the fast decoder: no transformers import, no fp32 copy kept
                 model = FastGPT.load(path, quantize=_quantize_mode(options.quantize, device), device=device)
             else:
                 model = load_model(path, device=device)
         except Exception as exc:
+            if family == "hf":
+                if isinstance(exc, KaffeeError):
+                    raise
+                raise KaffeeError(f"cannot load {path}: {exc}") from exc
             reason = f"cannot load {path}: {exc}"
             log.error("%s; answering from an n-gram model instead", reason)
             tokenizer = getattr(fallback, "tokenizer", None) or KaffeeTokenizer.from_file(
