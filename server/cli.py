@@ -25,7 +25,10 @@ def register(subparsers) -> None:
         "A message over 64 MiB is answered with an error and skipped.",
     )
     serve.add_argument(
-        "--model", type=Path, default=None, help="model directory (default: the bundled model)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model directory: a Kaffee model or a Hugging Face causal-LM checkpoint (default: the bundled model)",
     )
     serve.add_argument(
         "--device", default=None, choices=("cpu", "cuda", "auto"), help="where the model runs (default cpu)"
@@ -67,7 +70,10 @@ def register(subparsers) -> None:
     )
     complete.add_argument("spot", metavar="FILE:LINE:COL", help="e.g. src/Main.java:12:17")
     complete.add_argument(
-        "--model", type=Path, default=None, help="model directory (default: the bundled model)"
+        "--model",
+        type=Path,
+        default=None,
+        help="model directory: a Kaffee model or a Hugging Face causal-LM checkpoint (default: the bundled model)",
     )
     complete.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the model runs"
