@@ -41,6 +41,7 @@ class AptConfig:
     sources_parts: Path = Path("/etc/apt/sources.list.d")  # the system's *.list / *.sources files
     timeout_s: float = 600.0  # per apt-get call
     apt_get: str = "apt-get"  # the apt-get binary
+    binary: bool = False  # derive `deb` entries and fetch binary packages (.deb) instead of source packages
 
     @property
     def etc_dir(self) -> Path:
@@ -48,7 +49,7 @@ class AptConfig:
 
     @property
     def src_dir(self) -> Path:
-        return self.cache_dir / "src"
+        return self.cache_dir / ("deb" if self.binary else "src")
 
 
 class DebianError(Exception):
@@ -67,11 +68,12 @@ class DebSrcEntry:
     suite: str  # e.g. bookworm, bookworm-security
     components: list[str]  # e.g. ["main"]
     options: dict[str, str] = field(default_factory=dict)  # e.g. {"signed-by": "/usr/share/keyrings/..."}
+    kind: str = "deb-src"  # deb-src, or deb for a binary configuration (AptConfig.binary)
 
     def line(self) -> str:
         opts = " ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         opts = f"[{opts}] " if opts else ""
-        return f"deb-src {opts}{self.uri} {self.suite} {' '.join(self.components)}".rstrip()
+        return f"{self.kind} {opts}{self.uri} {self.suite} {' '.join(self.components)}".rstrip()
 
 
 def parse_one_line(text: str) -> list[DebSrcEntry]:
@@ -144,6 +146,7 @@ def derive_entries(cfg: AptConfig) -> list[DebSrcEntry]:
                 entries += parse_deb822(path.read_text(errors="replace"))
     seen, unique = set(), []
     for e in entries:
+        e.kind = "deb" if cfg.binary else "deb-src"
         if e.line() not in seen:
             seen.add(e.line())
             unique.append(e)
@@ -203,7 +206,8 @@ def _classify(stderr: str) -> str:
 
 def has_lists(cfg: AptConfig) -> bool:
     lists = cfg.cache_dir / "lists"
-    return lists.is_dir() and any(p.name.endswith(("Sources", ".lz4", ".gz", ".xz")) for p in lists.iterdir())
+    suffixes = ("Sources", "Packages", ".lz4", ".gz", ".xz")
+    return lists.is_dir() and any(p.name.endswith(suffixes) for p in lists.iterdir())
 
 
 def update(cfg: AptConfig) -> None:
@@ -269,3 +273,123 @@ def read_sources_index(cfg: AptConfig) -> Iterable[str]:
             log.warning("could not read %s: %s", path, proc.stderr.strip())
             continue
         yield from (s for s in re.split(r"\n\s*\n", proc.stdout) if s.strip())
+
+
+# ---- Java shipped in binary packages (AptConfig(binary=True)) ------------------------------------
+
+_SOURCE_ARCHIVE_RE = re.compile(r"(^|/)(src\.zip|[^/]*-(sources?|src)\.(jar|zip))$")
+
+
+def read_packages_index(cfg: AptConfig) -> Iterable[str]:
+    """The stanzas of every downloaded Packages index (a binary configuration's lists)."""
+    helper = "/usr/lib/apt/apt-helper"
+    for path in sorted((cfg.cache_dir / "lists").glob("*_Packages*")):
+        proc = subprocess.run([helper, "cat-file", str(path)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            log.warning("could not read %s: %s", path, proc.stderr.strip())
+            continue
+        yield from (s for s in re.split(r"\n\s*\n", proc.stdout) if s.strip())
+
+
+def fetch_binary(cfg: AptConfig, name: str, version: str | None = None) -> Path:
+    """Download (or reuse) one binary package with ``apt-get download``; return the .deb."""
+    if not cfg.binary:
+        raise DebianError("bad_config", "fetch_binary needs AptConfig(binary=True)")
+    if not _NAME_RE.match(name) or (version is not None and not _VERSION_RE.match(version)):
+        raise DebianError("bad_name", f"not a valid Debian binary package spec: {name}={version}")
+    folder = package_dir(cfg, name, version)
+    done = folder / ".complete"
+    if done.exists():
+        return folder / done.read_text().strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = f"{name}={version}" if version else name
+    proc = _run(cfg, ["download", spec], cwd=folder)
+    debs = sorted(folder.glob("*.deb"))
+    if proc.returncode != 0 or not debs:
+        reason = _classify(proc.stderr + proc.stdout) if proc.returncode != 0 else "no_deb"
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("E:")]
+        detail = errors[0] if errors else proc.stderr.strip()[-300:]
+        raise DebianError(reason, f"debian-binary:{spec}: {reason}: {detail}")
+    done.write_text(debs[0].name + "\n")
+    return debs[0]
+
+
+def extract_java(
+    deb: Path, dest: Path, max_file_bytes: int = 1_000_000, max_total_bytes: int = 4 << 30
+) -> int:
+    """Unpack the .java files of a .deb into ``dest``; return how many were written.
+
+    Plain ``.java`` (and dh_compress'd ``.java.gz``) members keep their path; a sources archive
+    (``src.zip``, ``*-sources.jar``, ``*-src.jar``) or a tarball under ``usr/src/`` (bsh-src) is opened
+    and its .java members go under ``dest/<archive stem>/``.
+    Member names are made safe with ``sources.safe_member_path``; files over ``max_file_bytes`` are skipped.
+    The .deb is streamed through ``dpkg-deb --fsys-tarfile`` (nothing else is unpacked).
+    """
+    import gzip
+    import tarfile
+    import tempfile
+    import zipfile
+
+    from kaffee.data.sources import safe_member_path  # local: sources imports this module
+
+    def put(rel: str | None, data: bytes) -> bool:
+        nonlocal total
+        if rel is None or len(data) > max_file_bytes or total + len(data) > max_total_bytes:
+            return False
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        total += len(data)
+        return True
+
+    total, written = 0, 0
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                rel = safe_member_path(m.name)
+                fh = tf.extractfile(m)
+                if rel is None or fh is None:
+                    continue
+                low = rel.lower()
+                if low.endswith(".java") and m.size <= max_file_bytes:
+                    written += put(rel, fh.read())
+                elif low.endswith(".java.gz") and m.size <= max_file_bytes:
+                    try:
+                        written += put(rel[:-3], gzip.decompress(fh.read()))
+                    except (OSError, EOFError) as exc:
+                        log.warning("%s!%s: bad gzip (%s)", deb, rel, exc)
+                elif _TARBALL_RE.search(low) and low.startswith("usr/src/"):
+                    stem = re.sub(r"\.(tar\.\w+|tgz)$", "", rel.rsplit("/", 1)[-1])
+                    try:
+                        with tarfile.open(fileobj=fh, mode="r|*") as inner_tf:
+                            for im in inner_tf:
+                                inner = safe_member_path(im.name) if im.isfile() else None
+                                if inner and inner.lower().endswith(".java") and im.size <= max_file_bytes:
+                                    data = inner_tf.extractfile(im)
+                                    written += put(f"{stem}/{inner}", data.read()) if data else 0
+                    except (tarfile.TarError, OSError, EOFError) as exc:
+                        log.warning("%s!%s: unreadable tarball (%s)", deb, rel, exc)
+                elif _SOURCE_ARCHIVE_RE.search(low):
+                    stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+                    with tempfile.TemporaryFile() as tmp:
+                        shutil.copyfileobj(fh, tmp)
+                        try:
+                            with zipfile.ZipFile(tmp) as zf:
+                                for info in zf.infolist():
+                                    inner = safe_member_path(info.filename)
+                                    small = info.file_size <= max_file_bytes
+                                    if inner and inner.lower().endswith(".java") and small:
+                                        written += put(f"{stem}/{inner}", zf.read(info))
+                        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                            log.warning("%s!%s: unreadable archive (%s)", deb, rel, exc)
+    finally:
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.wait() != 0:
+            raise DebianError("bad_deb", f"{deb}: dpkg-deb --fsys-tarfile failed (exit {proc.returncode})")
+    return written
