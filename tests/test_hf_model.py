@@ -240,3 +240,18 @@ def test_eval_system_hf_smoke(gpt2_dir: Path, tmp_path: Path, capsys) -> None:
     rows = {(r["task"], r["metric"]) for r in data["results"] if r["system"] == spec and r["slice"] == "all"}
     assert {("token", "top1"), ("bpc", "bpc")} <= rows and any(t == "line" for t, _ in rows), rows
     assert not data["problems"], data["problems"]
+
+
+@pytest.mark.asyncio
+async def test_lsp_server_with_an_hf_dir_answers_inline(exported_dir: Path) -> None:
+    pytest.importorskip("pytest_lsp")
+    from test_lsp import CURSOR, SOURCE, inline, open_doc, start, stop
+
+    client = await start(exported_dir, {"deadlineMs": 30_000, "device": "cpu"})
+    try:
+        uri = open_doc(client, "Hf.java", SOURCE)
+        result = await inline(client, uri, CURSOR)
+        assert len(result.items) == 1 and result.items[0].insert_text.startswith("println("), result
+        assert not any("n-gram" in m.message for m in client.messages), client.messages
+    finally:
+        await stop(client)
