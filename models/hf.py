@@ -246,6 +246,14 @@ class HFCausalLM(LanguageModel):
     def supports_fim(self) -> bool:
         return self.tokenizer.has_fim
 
+    @property
+    def cfg(self):
+        # what training reads of a Kaffee family (kaffee finetune): a clear refusal, not an AttributeError
+        raise KaffeeError(
+            "a Hugging Face checkpoint is served as it is; Kaffee trains and fine-tunes only its own "
+            "families (gpt, lstm, bert, ngram)"
+        )
+
     def config_dict(self) -> dict:
         return self.module.config.to_dict()
 

@@ -255,3 +255,12 @@ async def test_lsp_server_with_an_hf_dir_answers_inline(exported_dir: Path) -> N
         assert not any("n-gram" in m.message for m in client.messages), client.messages
     finally:
         await stop(client)
+
+
+def test_finetuning_an_hf_checkpoint_is_a_clear_refusal(gpt2_dir: Path, tmp_path: Path) -> None:
+    from kaffee.training.data import DataConfig
+    from kaffee.training.run import run_finetune
+    from kaffee.training.trainer import TrainConfig
+
+    with pytest.raises(KaffeeError, match="served as it is"):
+        run_finetune(gpt2_dir, tmp_path / "code", tmp_path / "out", TrainConfig(), DataConfig())
