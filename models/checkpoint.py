@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 FORMAT_VERSION = 1
 SHARD_BYTES = 15 * 1024 * 1024  # shards stay below 16 MiB so they fit transfer limits
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+INT8_SCALE = ".int8_scale"  # suffix of the per-row float32 scale stored beside an int8 matrix
+INT8_MIN_ELEMENTS = 4096  # smaller matrices stay float (too small to matter, e.g. tiny test models)
 
 
 def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
@@ -40,6 +42,34 @@ def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row (output channel): ``t ≈ q * scale[:, None]``.
+
+    The int8 decoder (server/fastgpt.py) quantizes each row with the same rule, so it
+    recovers exactly these ``q`` from the dequantized weights: storing int8 changes nothing
+    it computes, and halves the bytes of fp16.
+    """
+    t = t.detach().float()
+    scale = (t.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    q = (t / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def _int8_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Matrices (>= INT8_MIN_ELEMENTS) as int8 + a float32 scale per row; the rest unchanged."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.dim() == 2 and t.numel() >= INT8_MIN_ELEMENTS:
+            out[name], out[name + INT8_SCALE] = quantize_rows(t)
+        else:
+            out[name] = t
+    return out
+
+
+def _dequantize(name: str, t: torch.Tensor, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    return t.float() * get(name + INT8_SCALE)[:, None] if t.dtype == torch.int8 else t
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], directory: Path, stem: str = "model") -> None:
@@ -104,23 +134,31 @@ class LazyTensors(Mapping):
         for f in files:
             with safe_open(str(f), framework="pt") as handle:
                 self._where.update(dict.fromkeys(handle.keys(), f))
+        self._scales = {k for k in self._where if k.endswith(INT8_SCALE)}
 
-    def __getitem__(self, name: str) -> torch.Tensor:
+    def _read(self, name: str) -> torch.Tensor:
         try:
             with safe_open(str(self._where[name]), framework="pt") as handle:
                 return handle.get_tensor(name)
         except (SafetensorError, OSError) as exc:
             raise KaffeeError(f"{self._directory}: weights are corrupt or unreadable ({exc})") from exc
 
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._scales:
+            raise KeyError(name)
+        return _dequantize(name, self._read(name), self._read)
+
     def __iter__(self):
-        return iter(self._where)
+        return (k for k in self._where if k not in self._scales)
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._where) - len(self._scales)
 
     def pop(self, name: str) -> torch.Tensor:
         tensor = self[name]
         del self._where[name]
+        if self._where.pop(name + INT8_SCALE, None) is not None:
+            self._scales.discard(name + INT8_SCALE)
         return tensor
 
 
@@ -132,10 +170,10 @@ def load_tensors(
     try:
         if lazy:
             return LazyTensors(directory, files)
-        out: dict[str, torch.Tensor] = {}
+        raw: dict[str, torch.Tensor] = {}
         for f in files:
-            out.update(load_file(str(f)))
-        return out
+            raw.update(load_file(str(f)))
+        return {k: _dequantize(k, t, raw.__getitem__) for k, t in raw.items() if not k.endswith(INT8_SCALE)}
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise KaffeeError(f"{directory}: weights are corrupt or unreadable ({exc})") from exc
 
@@ -146,10 +184,15 @@ def save_model_dir(
     tokenizer: KaffeeTokenizer,
     card: str,
     extra: dict[str, Any] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     also: Callable[[Path], None] | None = None,
 ) -> None:
-    """Atomically write a complete model directory."""
+    """Atomically write a complete model directory.
+
+    ``dtype``: store floating tensors in it; ``"int8"`` stores matrices as int8 with a
+    scale per row (``quantize_rows``) and the small rest unchanged — about half the bytes
+    of float16, and what the int8 decoder computes is unchanged. Loading dequantizes.
+    """
     meta = {
         "kaffee_format": FORMAT_VERSION,
         "family": model.family,
@@ -158,7 +201,11 @@ def save_model_dir(
         **(extra or {}),
     }
     tensors = families.model_tensors(model)
-    if dtype is not None:
+    if dtype == "int8":
+        tensors = _int8_storage(tensors)  # the small rest (norms, biases) stays as it is
+    elif isinstance(dtype, str):
+        raise KaffeeError(f"unknown storage dtype {dtype!r} (a torch dtype or 'int8')")
+    elif dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
     def write(tmp: Path) -> None:
