@@ -22,6 +22,7 @@ BATCH=${BATCH:-64}             # blocks per step
 BLOCK=${BLOCK:-1024}           # tokens per block (the gpt preset's context)
 BENCH_STEPS=${BENCH_STEPS:-15}
 PY=${PY:-python}
+NPROC=${NPROC:-$(nproc)}       # processes that tokenise the carried text (FIM rewriting is Python)
 WORK=$(mktemp -d)
 
 # No install step: make this checkout importable as `kaffee` (the repo root is the package).
@@ -71,13 +72,13 @@ WARMUP=$($PY -c "print(min(100, max(1, $STEPS // 10)))")
 echo "gpt: $STEPS steps at $TPS tokens/s" | tee -a "$WORK/res/env.txt"
 $PY -m kaffee train --family gpt --preset "$PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
   --out "$WORK/gpt" --max-steps "$STEPS" --max-minutes "$GPT_MIN" --batch-size "$BATCH" --block-size "$BLOCK" --lr 1.5e-3 \
-  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 \
+  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 --num-proc "$NPROC" \
   $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
 
 # 3. lstm baseline on the same data (same repository layout; no FIM: it reads left to right only)
 $PY -m kaffee train --family lstm --preset "$LSTM_PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
   --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size "$BATCH" ${LSTM_BLOCK:+--block-size "$LSTM_BLOCK"} --lr 2e-3 \
-  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile \
+  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile --num-proc "$NPROC" \
   2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
 
 # 4. ship weights as fp16 without the optimizer state, in parts below 16 MiB

@@ -67,3 +67,23 @@ def fim_suffix_ids(
         except UnicodeDecodeError:
             ids.pop()
     return ids
+
+
+def snap_to_line(text: str, pos: int) -> int:
+    """The first line start at or after ``pos`` (``pos`` itself when no line break follows)."""
+    if pos <= 0:
+        return 0
+    if pos >= len(text):
+        return len(text)
+    if text[pos - 1] == "\n":
+        return pos
+    nl = text.find("\n", pos)
+    return pos if nl < 0 else nl + 1
+
+
+def window_start(prefix_len: int, window_chars: int) -> int:
+    """A start offset that keeps the window within ``window_chars`` and moves in quarter steps."""
+    if prefix_len <= window_chars:
+        return 0
+    quantum = max(1, window_chars // 4)
+    return -(-(prefix_len - window_chars) // quantum) * quantum  # ceil to a multiple of quantum

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from kaffee.data.layout import CHARS_PER_TOKEN, fim_suffix_ids
+from kaffee.data.layout import CHARS_PER_TOKEN, fim_suffix_ids, snap_to_line, window_start
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.server.java_tokens import lex
 
@@ -41,26 +41,6 @@ class BlockContext:
     open_indent: str  # leading whitespace of the line holding the "{"
     line_prefix: str  # what is already on the cursor's line before it (whitespace only)
     closer_in_suffix: bool  # the text after the cursor already closes the block
-
-
-def snap_to_line(text: str, pos: int) -> int:
-    """The first line start at or after ``pos`` (``pos`` itself when no line break follows)."""
-    if pos <= 0:
-        return 0
-    if pos >= len(text):
-        return len(text)
-    if text[pos - 1] == "\n":
-        return pos
-    nl = text.find("\n", pos)
-    return pos if nl < 0 else nl + 1
-
-
-def window_start(prefix_len: int, window_chars: int) -> int:
-    """A start offset that keeps the window within ``window_chars`` and moves in quarter steps."""
-    if prefix_len <= window_chars:
-        return 0
-    quantum = max(1, window_chars // 4)
-    return -(-(prefix_len - window_chars) // quantum) * quantum  # ceil to a multiple of quantum
 
 
 def last_pretoken_bytes(tokenizer: KaffeeTokenizer, text: str) -> int:
@@ -154,8 +134,9 @@ def build_prompt(
         if n and got == want:
             healed = b"".join(table[i] for i in ids[len(ids) - n :])
             ids = ids[: len(ids) - n]
-    if start == 0 and header_ids:
-        ids = header_ids + ids  # the file's own path header, where training puts it: at the file start
+    if header_ids and (start == 0 or use_fim):
+        # the file's path header where training puts it: at the file start, and first in every FIM prefix
+        ids = header_ids + ids
     if use_fim:
         ids = tokenizer.fim_ids(ids, suffix_ids)
         if head and fim_with_head:

@@ -223,7 +223,11 @@ def jsonl_corpus(tmp_path_factory, tiny_tokenizer) -> Path:
     d = tmp_path_factory.mktemp("jsonl")
     texts = training_texts(6)
     for name, rows in (("train", texts[:14]), ("valid", texts[14:])):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+        lines = [
+            json.dumps({"text": t, "project": f"p{i % 3}", "path": f"src/F{i}.java"})
+            for i, t in enumerate(rows)
+        ]
+        (d / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
     tiny_tokenizer.save(d / "tokenizer.json")
     return d
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kaffee.data.layout import REPO_LAYOUT, fim_suffix_ids, path_header
+from kaffee.errors import KaffeeError
 from kaffee.server.context import build_prompt
 from kaffee.server.engine import CompletionEngine, EngineOptions
 from kaffee.server.project import ProjectConfig
@@ -64,10 +65,18 @@ lines_text = st.lists(
 
 
 def _split_psm(ids: list[int], tok) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(prefix, suffix, middle, rest) ids of a FIM document (after the lead: see _lead)."""
     p, s, m = ids.index(tok.fim_prefix_id), ids.index(tok.fim_suffix_id), ids.index(tok.fim_middle_id)
     rest = ids[m + 1 :]
     cut = rest.index(tok.eos_id) if tok.eos_id in rest else len(rest)
     return ids[p + 1 : s], ids[s + 1 : m], rest[:cut], rest[cut + 1 :]
+
+
+def _lead(ids: list[int], tok) -> str:
+    """The text before a FIM document's window (a file start ended by <eos>), or ""."""
+    p = ids.index(tok.fim_prefix_id)
+    assert p == 0 or ids[p - 1] == tok.eos_id
+    return tok.decode(ids[: max(0, p - 1)])
 
 
 @settings(max_examples=150, deadline=None)
@@ -80,10 +89,14 @@ def test_line_fim_loses_no_text_and_its_middle_is_a_few_lines(tiny_tokenizer, te
         assert tok.decode(ids) == header + text
         return
     pre, suf, mid, rest = _split_psm(ids, tok)
-    prefix, suffix, middle = tok.decode(pre), tok.decode(suf), tok.decode(mid)
-    assert prefix.startswith(header)
+    lead, window, suffix, middle = _lead(ids, tok), tok.decode(pre), tok.decode(suf), tok.decode(mid)
+    assert window.startswith(header) and (not lead or lead.startswith(header))
+    prefix = lead + window[len(header) :] if lead else window
+    assert not lead or lead.endswith("\n")  # the window starts at a line
     got = prefix + middle + suffix + tok.decode(rest)
-    assert (header + text).startswith(got) and not (header + text)[len(got) :].strip()  # only blank tail dropped
+    assert (header + text).startswith(got) and not (header + text)[
+        len(got) :
+    ].strip()  # only blank tail dropped
     assert middle and middle.count("\n") <= 3
     assert suf == fim_suffix_ids(tok, text[len(prefix) - len(header) + len(middle) :])
 
@@ -96,7 +109,7 @@ def test_line_fim_prompt_is_the_engine_prompt(tiny_tokenizer, java_samples):
     checked = 0
     for seed in range(40):
         ids = line_fim_ids(text, tok, np.random.default_rng(seed), header)
-        if tok.fim_prefix_id not in ids:  # the middle ran to the end: plain text
+        if tok.fim_prefix_id not in ids or _lead(ids, tok):  # plain text, or a window not at the start
             continue
         pre, suf, mid, _ = _split_psm(ids, tok)
         cursor = len(tok.decode(pre)) - len(header)
@@ -115,6 +128,35 @@ def test_line_fim_prompt_is_the_engine_prompt(tiny_tokenizer, java_samples):
         assert prompt.ids == ids[: ids.index(tok.fim_middle_id) + 1]
         checked += 1
     assert checked >= 30
+
+
+def test_long_files_get_an_engine_shaped_fim_window(tiny_tokenizer, java_samples):
+    """Far down a file, training's FIM prefix is a header and a window, as the engine's is."""
+    tok = tiny_tokenizer
+    text = "\n".join(java_samples.values()) * 6
+    header = path_header("bank/Big.java")
+    windows = 0
+    for seed in range(30):
+        ids = line_fim_ids(text, tok, np.random.default_rng(seed), header)
+        if tok.fim_prefix_id not in ids or not _lead(ids, tok):
+            continue
+        windows += 1
+        window = tok.decode(_split_psm(ids, tok)[0])
+        assert window.startswith(header) and len(window) <= len(header) + 4096
+    assert windows >= 10
+    cursor = len(text) // 2
+    prompt = build_prompt(
+        tok,
+        text[:cursor],
+        text[cursor:],
+        budget_tokens=300,
+        suffix_tokens=32,
+        fim=True,
+        heal=False,
+        header=header,
+    )
+    assert prompt.fim and prompt.window_start > 0
+    assert prompt.ids[: 1 + len(tok.encode(header))] == [tok.fim_prefix_id, *tok.encode(header)]
 
 
 def test_line_fim_share_mixes_line_and_whole_file_middles(tiny_tokenizer, java_samples):
@@ -160,6 +202,9 @@ def test_repo_level_stream_lays_out_projects_in_dependency_order(tiny_tokenizer,
         ).tolist()
     )
     assert "// Path:" not in plain and plain.count("class ") == 5  # the old layout, files as they came
+    (tmp_path / "bare.jsonl").write_text(json.dumps({"text": "class A {}\n"}) + "\n")
+    with pytest.raises(KaffeeError, match="no-repo-level"):  # a layout the model's config would wrongly claim
+        token_stream(tmp_path / "bare.jsonl", "bare", tok, Path(), DataConfig(), fim=False)
 
 
 def test_engine_reproduces_the_repo_layout(tiny_model_dir: Path):
@@ -216,3 +261,22 @@ def test_finetune_can_switch_a_model_to_the_repo_layout(tiny_model_dir: Path, tm
     meta = json.loads((out / "config.json").read_text())
     assert meta["layout"] == REPO_LAYOUT and meta["finetuned_from"] == str(tiny_model_dir)
     assert json.loads((tiny_model_dir / "config.json").read_text()).get("layout") != REPO_LAYOUT
+
+
+def test_a_run_saved_before_the_layout_existed_resumes_as_the_old_layout():
+    from kaffee.training.run import spec_changes
+
+    saved = {"family": "gpt", "data": {"corpus": "/c", "fim_rate": 0.5}}
+    old_layout = {
+        "family": "gpt",
+        "data": {"corpus": "/c", "fim_rate": 0.5, "layout": "files", "line_fim_share": 0.0},
+    }
+    assert spec_changes(saved, old_layout) == {}  # --no-repo-level --line-fim-share 0: the same run
+    new = {
+        "family": "gpt",
+        "data": {"corpus": "/c", "fim_rate": 0.5, "layout": REPO_LAYOUT, "line_fim_share": 0.5},
+    }
+    assert spec_changes(saved, new) == {
+        "data.layout": ("files", REPO_LAYOUT),
+        "data.line_fim_share": (0.0, 0.5),
+    }

@@ -41,3 +41,16 @@ def test_token_cache_is_uint16_memory_mapped_and_equal_to_the_stream(tiny_tokeni
     assert np.array_equal(first, again) and int(first.max()) < tiny_tokenizer.vocab_size
     text = tiny_tokenizer.decode(first.tolist())
     assert text.count("// Path: src/A") == 30
+
+
+def test_parallel_encoding_gives_the_same_stream(tiny_tokenizer, tmp_path: Path):
+    from kaffee.training.data import docs_stream
+
+    tiny_tokenizer.save(tmp_path / "tok.json")
+    docs = [
+        (f"p{i % 7}", f"src/p/C{i}.java", f"class C{i} {{\n  int f() {{ return {i}; }}\n}}\n")
+        for i in range(4500)
+    ]
+    serial = docs_stream(docs, tiny_tokenizer, 0.5, 1, 0.5, True)
+    parallel = docs_stream(docs, tiny_tokenizer, 0.5, 1, 0.5, True, tmp_path / "tok.json", num_proc=2)
+    assert parallel.dtype == np.int32 and np.array_equal(serial, parallel)

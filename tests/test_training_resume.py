@@ -38,7 +38,10 @@ def corpus(tmp_path_factory, tiny_tokenizer) -> Path:
     d = tmp_path_factory.mktemp("corpus")
     texts = training_texts(6)
     for name, rows in (("train", texts[:14]), ("valid", texts[14:])):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+        lines = [
+            json.dumps({"text": t, "project": "p", "path": f"src/F{i}.java"}) for i, t in enumerate(rows)
+        ]
+        (d / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
     tiny_tokenizer.save(d / "tokenizer.json")
     return d
 
@@ -162,7 +165,9 @@ def test_changed_training_data_is_not_continued(corpus, tmp_path, monkeypatch, c
     with crash_at_step(monkeypatch, 3):
         kaffee(train_args(data, out))
     with (data / "train.jsonl").open("a") as f:  # the corpus rebuilt in place
-        f.write(json.dumps({"text": "class Extra { int x; }"}) + "\n")
+        f.write(
+            json.dumps({"text": "class Extra { int x; }", "project": "p", "path": "src/Extra.java"}) + "\n"
+        )
     # the token cache is keyed by the corpus path, not its content: gone, as after a clean-up
     shutil.rmtree(tmp_path / ".m.data-cache")
     capsys.readouterr()

@@ -27,14 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from kaffee.data.layout import REPO_LAYOUT, SUFFIX_TOKENS, fim_suffix_ids, path_header, short_label
+from kaffee.data.layout import (
+    REPO_LAYOUT,
+    SUFFIX_TOKENS,
+    fim_suffix_ids,
+    path_header,
+    short_label,
+    snap_to_line,
+    window_start,
+)
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.training.repo_order import dependency_order
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 3  # bump when the text a document turns into changes (invalidates token caches)
+LAYOUT_VERSION = 4  # bump when the text a document turns into changes (invalidates token caches)
 
 
 @dataclass
@@ -70,9 +78,11 @@ def line_fim_ids(
 
     Half the middles are the rest of the line, a quarter end inside the line (what stays
     after them is, like a closing bracket an editor inserted, the start of the suffix), a
-    quarter run 1-3 lines further. The suffix is cut exactly as the engine cuts the text
-    after a cursor; the text after that cut follows as a plain fragment (``<eos>`` first),
-    so no text of the file is lost. With nothing but blank text after the middle the
+    quarter run 1-3 lines further. The prefix is the header and a window of the text before
+    the cursor, and the suffix is cut exactly as the engine cuts the text after a cursor;
+    the text before the window goes first (a file start, ``<eos>`` after it) and the text
+    after the suffix's cut follows as a headerless fragment (``<eos>`` first), so no text
+    of the file is lost. With nothing but blank text after the middle the
     document stays plain, as the engine's prompt does then.
     """
     lines = text.splitlines(keepends=True)
@@ -95,7 +105,14 @@ def line_fim_ids(
     if not suffix.strip():  # the engine writes a blank suffix as plain left-to-right text: so does training
         return tok.encode(header + text)
     suffix_ids = fim_suffix_ids(tok, suffix, suffix_tokens)
-    ids = tok.fim_ids(tok.encode(header + prefix), suffix_ids, tok.encode(middle))
+    # The engine's FIM prefix is the header and a window of the text before the cursor that
+    # starts at a line (its size depends on the model and the project context): a window of
+    # 1-4k characters here, cut the engine's way; the text before it goes first as a file start.
+    start = snap_to_line(prefix, window_start(len(prefix), int(rng.integers(1024, 4096))))
+    ids: list[int] = []
+    if start > 0:
+        ids = [*tok.encode(header + prefix[:start]), tok.eos_id]
+    ids += tok.fim_ids(tok.encode(header + prefix[start:]), suffix_ids, tok.encode(middle))
     rest = suffix[len(tok.decode_bytes(suffix_ids).decode("utf-8")) :]  # whole characters: fim_suffix_ids
     if rest.strip():
         ids += [tok.eos_id, *tok.encode(rest)]
@@ -198,15 +215,20 @@ def _tokenize_dataset(ds, tok_path: Path, cfg: DataConfig, fim_rate: float) -> n
     return pc.list_flatten(mapped.data.column("ids")).to_numpy().astype(np.int32)
 
 
-def _jsonl_stream(source: Path, tok: KaffeeTokenizer, cfg: DataConfig, fim_rate: float) -> np.ndarray:
+def _jsonl_stream(
+    source: Path, tok: KaffeeTokenizer, tok_path: Path, cfg: DataConfig, fim_rate: float
+) -> np.ndarray:
     rows = read_jsonl_rows(source, cfg.max_docs)
     if not rows:
         raise KaffeeError(f"{source} holds no documents")
     repo = cfg.repo_level and all("path" in r and "project" in r for r in rows)
-    if cfg.repo_level and not repo:
-        log.warning("%s has no project/path fields: files are not laid out by repository", source)
+    if cfg.repo_level and not repo:  # the model's config.json would claim a layout its text does not have
+        raise KaffeeError(
+            f"{source} has rows without project/path fields, so its files cannot be laid out by repository: "
+            "export it again with python -m kaffee.data.export (which writes them), or pass --no-repo-level"
+        )
     docs = [(r.get("project", ""), r.get("path", ""), r["text"]) for r in rows]
-    return docs_stream(docs, tok, fim_rate, cfg.seed, cfg.line_fim_share, repo)
+    return docs_stream(docs, tok, fim_rate, cfg.seed, cfg.line_fim_share, repo, tok_path, cfg.num_proc)
 
 
 def docs_stream(
@@ -216,22 +238,46 @@ def docs_stream(
     seed: int,
     line_fim_share: float,
     repo: bool,
+    tok_path: Path | None = None,
+    num_proc: int = 1,
 ) -> np.ndarray:
-    """In-memory (project, path, text) documents as one int32 stream (exported files, fine-tuning)."""
+    """In-memory (project, path, text) documents as one int32 stream (exported files, fine-tuning).
+
+    With ``tok_path`` and ``num_proc`` > 1, chunks are encoded in that many processes (the
+    FIM rewriting is Python, serial per process); the stream is the same, since each
+    document's FIM draw depends on (seed, its index) only.
+    """
     if repo:
         order = repo_sequence(
             [d[0] for d in docs], [d[1] for d in docs], lambda idx: [docs[i][2] for i in idx]
         )
         docs = [docs[i] for i in order]
+    chunks = [(start, docs[start : start + 2048]) for start in range(0, len(docs), 2048)]
+    job = (fim_rate, seed, line_fim_share, repo)
+    if num_proc > 1 and tok_path is not None and len(chunks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding tokenizer threads
+        with ProcessPoolExecutor(min(num_proc, len(chunks)), mp_context=ctx) as pool:
+            parts = list(pool.map(_encode_chunk_file, [(str(tok_path), c, job) for c in chunks]))
+    else:
+        parts = [_encode_chunk(tok, chunk, job) for chunk in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def _encode_chunk_file(args: tuple[str, tuple[int, list], tuple]) -> np.ndarray:
+    tok_path, chunk, job = args
+    return _encode_chunk(KaffeeTokenizer.from_file(Path(tok_path)), chunk, job)
+
+
+def _encode_chunk(tok: KaffeeTokenizer, chunk: tuple[int, list], job: tuple) -> np.ndarray:
+    (start, docs), (fim_rate, seed, line_fim_share, repo) = chunk, job
+    paths = [d[1] if repo else None for d in docs]
+    plain = tok.encode_batch([doc_header(p) + d[2] for d, p in zip(docs, paths, strict=True)])  # Rust threads
     out: list[int] = []
-    for start in range(0, len(docs), 2048):
-        chunk = docs[start : start + 2048]
-        paths = [d[1] if repo else None for d in chunk]
-        plain = tok.encode_batch(
-            [doc_header(p) + d[2] for d, p in zip(chunk, paths, strict=True)]
-        )  # Rust threads
-        for i, (d, p, ids) in enumerate(zip(chunk, paths, plain, strict=True), start):
-            out += doc_ids(d[2], i, tok, fim_rate, seed, p, line_fim_share, plain_ids=ids)
+    for i, (d, p, ids) in enumerate(zip(docs, paths, plain, strict=True), start):
+        out += doc_ids(d[2], i, tok, fim_rate, seed, p, line_fim_share, plain_ids=ids)
     return np.asarray(out, dtype=np.int32)
 
 
@@ -247,7 +293,7 @@ def token_stream(
             if not sibling.is_file():
                 raise KaffeeError(f"no {split} file next to {source} (expected {sibling.name})")
             source = sibling
-        return _jsonl_stream(source, tok, cfg, fim_rate)
+        return _jsonl_stream(source, tok, tok_path, cfg, fim_rate)
     from kaffee.data.corpus import load_corpus, split_of
 
     ds = split_of(load_corpus(source), split)

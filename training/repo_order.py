@@ -56,9 +56,9 @@ def dependencies(paths: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
                     found[j] = None
                     break
         for package in [packages[i], *wildcard]:
-            for stem, j in by_package.get(package, {}).items():
-                if stem in names:
-                    found[j] = None
+            stems = by_package.get(package, {})
+            for stem in sorted(names & stems.keys()):  # not a loop over the package: big ones are common
+                found[stems[stem]] = None
         found.pop(i, None)
         deps.append(list(found))
     return deps

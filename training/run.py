@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -78,9 +79,13 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# what runs saved before these spec keys existed trained with (a resume is compared against it)
+LEGACY_SPEC = {"data.layout": "files", "data.line_fim_share": 0.0}
+
+
 def spec_changes(saved: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved, wanted)}`` for each key of ``want`` the saved spec has with another value."""
-    old = _flat(saved)
+    old = {**LEGACY_SPEC, **_flat(saved)} if "data" in saved else _flat(saved)
     # a key the checkpoint lacks was added after it was written: nothing to compare
     return {k: (old[k], v) for k, v in _flat(want).items() if k in old and old[k] != v}
 
@@ -191,7 +196,9 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     cache_dir = job.out.parent / f".{job.out.name}.data-cache"
     # an mlm family (bert) sees both sides of every mask already: fill-in-the-middle samples only reorder its text
     fim_rate = data_cfg.fim_rate if fam.neural and fam.objective == "causal" else 0.0
-    layout = {"fim_rate": fim_rate, "line_fim_share": data_cfg.line_fim_share, "layout": data_cfg.layout}
+    share = data_cfg.line_fim_share if fim_rate > 0 else 0.0
+    data_cfg = dataclasses.replace(data_cfg, fim_rate=fim_rate, line_fim_share=share)  # what the stream gets
+    layout = {"fim_rate": fim_rate, "line_fim_share": share, "layout": data_cfg.layout}
     meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), **layout}
     data = {"corpus": str(job.corpus.resolve()), **layout, "max_docs": data_cfg.max_docs}
     spec = run_spec(job.family, model_cfg, tok, cfg, data)
