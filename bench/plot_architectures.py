@@ -188,14 +188,8 @@ def plots(rows: list[dict], img_dir: Path) -> list[Path]:
         ax.set(xlabel="training budget (wall-clock minutes, 2 busy CPU cores)", ylabel=label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        "quality against training budget (same corpus, tokenizer and held-out positions)", fontsize=10
-    )
-    fig.tight_layout()
-    written.append(img_dir / "arch_budget.png")
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    written.append(_finish(fig, axes, "quality against training budget (same corpus, tokenizer and held-out positions)",
+                           img_dir / "arch_budget.png"))  # fmt: skip
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, (metric, label), cost in zip(axes, metrics, ["cpu_ms_token", "cpu_ms_line"], strict=True):
@@ -211,15 +205,21 @@ def plots(rows: list[dict], img_dir: Path) -> list[Path]:
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        "quality against prediction cost (up and left is better; 1m/3m: training minutes)", fontsize=10
-    )
-    fig.tight_layout()
-    written.append(img_dir / "arch_cost.png")
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    written.append(_finish(fig, axes, "quality against prediction cost (up and left is better; 1m/3m: training minutes)",
+                           img_dir / "arch_cost.png"))  # fmt: skip
     return written
+
+
+def _finish(fig, axes, title: str, path: Path) -> Path:
+    """Legend, title and layout of a two-panel figure, saved to ``path``."""
+    import matplotlib.pyplot as plt
+
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

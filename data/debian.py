@@ -264,15 +264,20 @@ def forget(cfg: AptConfig, name: str, version: str | None = None) -> None:
     shutil.rmtree(package_dir(cfg, name, version), ignore_errors=True)
 
 
-def read_sources_index(cfg: AptConfig) -> Iterable[str]:
-    """The stanzas of every downloaded Sources index (decompressed by apt's own helper)."""
+def _read_index(cfg: AptConfig, pattern: str) -> Iterable[str]:
+    """The stanzas of every downloaded index file matching ``pattern`` (decompressed by apt's own helper)."""
     helper = "/usr/lib/apt/apt-helper"
-    for path in sorted((cfg.cache_dir / "lists").glob("*_Sources*")):
+    for path in sorted((cfg.cache_dir / "lists").glob(pattern)):
         proc = subprocess.run([helper, "cat-file", str(path)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             log.warning("could not read %s: %s", path, proc.stderr.strip())
             continue
         yield from (s for s in re.split(r"\n\s*\n", proc.stdout) if s.strip())
+
+
+def read_sources_index(cfg: AptConfig) -> Iterable[str]:
+    """The stanzas of every downloaded Sources index."""
+    return _read_index(cfg, "*_Sources*")
 
 
 # ---- Java shipped in binary packages (AptConfig(binary=True)) ------------------------------------
@@ -282,13 +287,7 @@ _SOURCE_ARCHIVE_RE = re.compile(r"(^|/)(src\.zip|[^/]*-(sources?|src)\.(jar|zip)
 
 def read_packages_index(cfg: AptConfig) -> Iterable[str]:
     """The stanzas of every downloaded Packages index (a binary configuration's lists)."""
-    helper = "/usr/lib/apt/apt-helper"
-    for path in sorted((cfg.cache_dir / "lists").glob("*_Packages*")):
-        proc = subprocess.run([helper, "cat-file", str(path)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            log.warning("could not read %s: %s", path, proc.stderr.strip())
-            continue
-        yield from (s for s in re.split(r"\n\s*\n", proc.stdout) if s.strip())
+    return _read_index(cfg, "*_Packages*")
 
 
 def fetch_binary(cfg: AptConfig, name: str, version: str | None = None) -> Path:
