@@ -478,6 +478,9 @@ class CompletionEngine:
         line = prefix.count("\n")
         pin = self._pins.get(document)
         index = self.project
+        # pending updates, in the background; before the pin check, which keeps an incomplete pin only
+        # while updates are pending: an update queued after the last drain must still get drained
+        index.refresh()
         if (
             pin is not None
             and pin.generation == index.generation
@@ -485,7 +488,6 @@ class CompletionEngine:
             and 0 <= line - pin.line <= cfg.refresh_lines  # typing onwards; a move up or far recomputes
         ):
             return pin.ids
-        index.refresh()  # pending updates, in the background
         head_budget = min(cfg.budget_tokens, budget - cfg.min_window_tokens)
         if head_budget < 64:  # a small model's window is worth more than a sliver of context
             head_budget = 0

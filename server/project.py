@@ -275,8 +275,10 @@ class ProjectIndex:
 
     @property
     def pending(self) -> bool:
-        """Updates are waiting to be indexed."""
-        return bool(self._pending)
+        """Updates are waiting to be indexed, or a background drain is still applying one (it pops an
+        update before applying it: an empty queue alone does not mean the index is complete)."""
+        with self._pending_lock:
+            return bool(self._pending) or self._indexing
 
     def memory_bytes(self) -> int:
         """A rough size of the index structures (texts counted once), for reports."""
