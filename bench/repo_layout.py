@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from kaffee.data.corpus import load_corpus, split_of
+from kaffee.data.layout import file_header
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.models import default_model_dir
-from kaffee.training.data import doc_header
 from kaffee.training.repo_order import dependencies, dependency_order
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         deps = dependencies(paths, texts)
         lengths = [
             len(ids) + 1
-            for ids in tok.encode_batch([doc_header(p) + t for p, t in zip(paths, texts, strict=True)])
+            for ids in tok.encode_batch([file_header(p) + t for p, t in zip(paths, texts, strict=True)])
         ]
         placed: set[int] = set()
         for i in order:

@@ -37,6 +37,11 @@ def path_header(label: str) -> str:
     return f"// Path: {label}\n"
 
 
+def file_header(path: str | None) -> str:
+    """The header a file starts with in the repository layout: its path's short label ("" without a path)."""
+    return path_header(short_label(path)) if path else ""
+
+
 def cut_at_line_end(text: str, max_chars: int) -> str:
     """``text`` cut to at most ``max_chars``, at a line end when one is in reach."""
     if len(text) <= max_chars:

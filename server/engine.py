@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kaffee.data.layout import REPO_LAYOUT, SUFFIX_TOKENS, path_header, short_label
+from kaffee.data.layout import CHARS_PER_TOKEN, REPO_LAYOUT, SUFFIX_TOKENS, file_header
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.models.gpt import GPTModel
@@ -491,7 +491,7 @@ class CompletionEngine:
         head_budget = min(cfg.budget_tokens, budget - cfg.min_window_tokens)
         if head_budget < 64:  # a small model's window is worth more than a sliver of context
             head_budget = 0
-        chars = int(max(64, budget - head_budget) * 3.5)
+        chars = int(max(64, budget - head_budget) * CHARS_PER_TOKEN)
         start = snap_to_line(prefix, window_start(len(prefix), chars))
         blocks = index.context(prefix, suffix, document, start) if head_budget else []
         form = cfg.form if cfg.form != "auto" else ("files" if self.repo_layout else "comments")
@@ -533,7 +533,7 @@ class CompletionEngine:
             fim=fim,
             heal=heal and self.options.token_healing,
             encoder=self.encoder,
-            header=path_header(short_label(document)) if repo and document else "",
+            header=file_header(document) if repo else "",
             fim_with_head=repo,
         )
 

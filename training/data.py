@@ -30,9 +30,8 @@ import numpy as np
 from kaffee.data.layout import (
     REPO_LAYOUT,
     SUFFIX_TOKENS,
+    file_header,
     fim_suffix_ids,
-    path_header,
-    short_label,
     snap_to_line,
     window_start,
 )
@@ -140,7 +139,7 @@ def doc_ids(
     ``path`` (repository layout) puts the file's path header first, inside the FIM prefix.
     ``plain_ids``: the document's ids without FIM when already encoded (batch encoding).
     """
-    header = doc_header(path)
+    header = file_header(path)
     rng = np.random.default_rng([seed, index])
     if fim_rate > 0 and rng.random() < fim_rate:
         if line_fim_share > 0 and rng.random() < line_fim_share:
@@ -150,11 +149,6 @@ def doc_ids(
     else:
         body = plain_ids if plain_ids is not None else tok.encode(header + text)
     return body + [tok.eos_id]
-
-
-def doc_header(path: str | None) -> str:
-    """The path header a document starts with in the repository layout ("" without a path)."""
-    return path_header(short_label(path)) if path else ""
 
 
 def repo_sequence(projects: Sequence[str], paths: Sequence[str], texts_of) -> list[int]:
@@ -274,7 +268,9 @@ def _encode_chunk_file(args: tuple[str, tuple[int, list], tuple]) -> np.ndarray:
 def _encode_chunk(tok: KaffeeTokenizer, chunk: tuple[int, list], job: tuple) -> np.ndarray:
     (start, docs), (fim_rate, seed, line_fim_share, repo) = chunk, job
     paths = [d[1] if repo else None for d in docs]
-    plain = tok.encode_batch([doc_header(p) + d[2] for d, p in zip(docs, paths, strict=True)])  # Rust threads
+    plain = tok.encode_batch(
+        [file_header(p) + d[2] for d, p in zip(docs, paths, strict=True)]
+    )  # Rust threads
     out: list[int] = []
     for i, (d, p, ids) in enumerate(zip(docs, paths, plain, strict=True), start):
         out += doc_ids(d[2], i, tok, fim_rate, seed, p, line_fim_share, plain_ids=ids)
