@@ -287,6 +287,17 @@ def read_outcomes(path: Path) -> list[Outcome]:
     return list(rows.values())
 
 
+def app_packages(log_path: Path | None = None) -> frozenset[str]:
+    """Source packages that are applications by Debian section (``package_section``), as the outcome log
+    records them (default: ``debian-java-all.outcomes.tsv``). A corpus built from Debian source packages
+    names each project after its package, so these are also its application projects; the JDK's modules
+    and the binary packages' folders (``java/openjdk-17-demo``) are not in the log and count as libraries.
+    """
+    return frozenset(
+        r.name for r in read_outcomes(log_path or outcomes_path(RECIPES_DIR / "debian-java-all")) if r.app
+    )
+
+
 # ---- hold-out rule and recipes -----------------------------------------------------------------
 
 
