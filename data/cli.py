@@ -75,6 +75,8 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument("dir", type=Path, help="corpus directory")
     s.add_argument("--json", action="store_true", help="print stats.json as is")
+    s.add_argument("--tokenizer", type=Path, default=None,
+                   help="also count the tokens of every split with this tokenizer.json (reads all text)")  # fmt: skip
     s.set_defaults(func=_stats)
 
     try:
@@ -158,4 +160,10 @@ def _stats(args: argparse.Namespace) -> int:
         return 0
     ds = load_corpus(args.dir)
     print(render(stats, args.dir, rows=ds.num_rows))
+    if args.tokenizer is not None:
+        from kaffee.data.stats_report import count_tokens, render_tokens
+        from kaffee.data.tokenizer import KaffeeTokenizer
+
+        tok = KaffeeTokenizer.from_file(args.tokenizer)
+        print(render_tokens(count_tokens(ds, tok), args.tokenizer))
     return 0

@@ -209,7 +209,7 @@ def _kaffee(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=120)  # fmt: skip
 
 
-def test_cli_build_and_stats(tmp_path: Path) -> None:
+def test_cli_build_and_stats(tmp_path: Path, tiny_tokenizer) -> None:
     root = tmp_path / "checkouts"
     for i in range(4):
         write_project(root, f"app{i}", 3, seed=20 + i)
@@ -221,6 +221,12 @@ def test_cli_build_and_stats(tmp_path: Path) -> None:
     proc = _kaffee("corpus", "stats", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "projects: 4" in proc.stdout and "train" in proc.stdout and "valid" in proc.stdout
+    tiny_tokenizer.save(tmp_path / "tok.json")
+    proc = _kaffee("corpus", "stats", str(out), "--tokenizer", str(tmp_path / "tok.json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ds = load_corpus(out)
+    want = sum(len(tiny_tokenizer.encode(t)) for t in split_of(ds, "train")["text"])
+    assert f"train  {want:>15,}" in proc.stdout
     proc = _kaffee(
         "corpus", "build", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "c2"), cwd=tmp_path
     )
