@@ -23,8 +23,10 @@ above) or after every keystroke (``--ask key``, as editors with automatic inline
 suggestions do), answers collected as they come; nothing is accepted, every character
 is typed. It runs the engine once per ``--debounce`` value (the server's ``debounceMs``)
 and reports model calls per keystroke (``modelCalls`` from the server's
-``kaffee/counters``), how many requests were answered, superseded or debounced, and the
-latency of the answered ones:
+``kaffee/counters``: engine calls that ran the model, not those answered from the last
+suggestion, which are counted apart), how many requests were answered, superseded or
+debounced, and the latency of the answered ones. Repeat values to alternate runs
+(``--debounce 0,50,0,50``) so that a change in machine load hits both alike:
 
     python bench/latency.py examples/Bank.java --cps 8 --debounce 0,50 --chars 400
 """
@@ -331,15 +333,15 @@ def paced_report(cfg: ReplayConfig, results: list[PacedResult], cps: float, ask:
         f"inline request after every {'keystroke' if ask == 'key' else 'token start'}; "
         f"{platform.machine()} python {platform.python_version()}",
         "",
-        "| debounce ms | keystrokes | requests | model calls | calls per keystroke | answered "
-        "| cancelled (debounced) | p50 ms | p95 ms | max ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| debounce ms | keystrokes | requests | model calls | calls per keystroke | from last suggestion "
+        "| answered | cancelled (debounced) | p50 ms | p95 ms | max ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         mx = max(r.latencies_ms) if r.latencies_ms else float("nan")
         lines.append(
             f"| {r.debounce_ms} | {r.keystrokes} | {r.requests} | {r.model_calls} "
-            f"| {r.model_calls / max(1, r.keystrokes):.3f} | {r.answered} "
+            f"| {r.model_calls / max(1, r.keystrokes):.3f} | {r.counters.get('reusedAnswers', 0)} | {r.answered} "
             f"| {r.cancelled} ({r.counters.get('debounced', 0)}) "
             f"| {r.pct(50):.1f} | {r.pct(95):.1f} | {mx:.1f} |"
         )

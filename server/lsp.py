@@ -3,9 +3,10 @@
 Handlers parse the request, hand the model work to a single worker thread (never the
 event loop), and format the answer. Documents live in :class:`DocumentStore` (UTF-16
 positions, clamped). A newer request for a document supersedes an older one of the
-same kind; while the user types faster than ``debounceMs`` a request first waits until
-``debounceMs`` after the last edit (superseded meanwhile, it never reaches the model),
-and ``$/cancelRequest`` stops work between decode steps. Reading, checking and
+same kind; a request that comes while the model still works on the previous one waits
+for it, up to ``debounceMs`` (superseded meanwhile, it never reaches the model), and that
+work goes on when the user only typed on at its cursor, so its suggestion and KV cache
+serve the next request; ``$/cancelRequest`` stops work between decode steps. Reading, checking and
 answering malformed messages is ``server/transport.py``'s (the one adapter to pygls'
 internals), so no message takes the server down or goes unanswered.
 
@@ -28,7 +29,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -162,9 +162,7 @@ class KaffeeLanguageServer(LanguageServer):
         self.engine_error: str | None = None
         self._engine_key: tuple[str, str] | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaffee-model")
-        self._inflight: dict[tuple[str, str], threading.Event] = {}
-        self._last_request: dict[tuple[str, str], float] = {}  # when the last request came, for debounce
-        self._edits: dict[str, tuple[float, float]] = {}  # per document: (gap before the last edit, its time)
+        self._inflight: dict[tuple[str, str], _Request] = {}
         self.counters: collections.Counter[str] = collections.Counter()  # answered by kaffee/counters
         self.encoding = "utf-16"
         self.shutting_down = False
@@ -311,10 +309,8 @@ class KaffeeLanguageServer(LanguageServer):
 
     # -- settings and the engine ---------------------------------------------------------------------
     def apply_settings(self, raw: Any, initial: bool = False) -> None:
-        base = (
-            self.settings if not initial else ServerSettings(device=self.cli_device or ServerSettings.device)
-        )
-        settings, problems = parse_settings(raw, base)
+        defaults = ServerSettings(device=self.cli_device or ServerSettings.device)
+        settings, problems = parse_settings(raw, defaults if initial else self.settings, defaults)
         for p in problems:
             self.notify_user(p)
         turned_on = settings.workspace_context and not self.settings.workspace_context
@@ -483,9 +479,16 @@ class KaffeeLanguageServer(LanguageServer):
             log.warning("didChange for unknown document %s ignored", uri)
             return
         doc = self.documents.get(uri)
+        running = [
+            r for r in (self._inflight.get((uri, k)) for k in ("completion", "inline")) if r is not None
+        ]
         for change in params.content_changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 r = change.range
+                start = doc.offset_at(r.start.line, r.start.character, self.encoding)
+                end = doc.offset_at(r.end.line, r.end.character, self.encoding)
+                for rec in running:
+                    rec.typed_on(start, end, change.text)
                 doc.apply_change(
                     change.text,
                     (r.start.line, r.start.character),
@@ -493,15 +496,12 @@ class KaffeeLanguageServer(LanguageServer):
                     self.encoding,
                 )
             else:
+                for rec in running:
+                    rec.typed_on(0, -1, change.text)  # the whole text replaced: not typing on
                 doc.apply_change(change.text)
         doc.version = params.text_document.version
-        now = time.monotonic()
-        last = self._edits.get(uri)
-        self._edits[uri] = (now - last[1] if last is not None else float("inf"), now)
-        for kind in ("completion", "inline"):
-            ev = self._inflight.get((uri, kind))
-            if ev is not None:
-                ev.set()  # its answer is stale now
+        for rec in running:
+            rec.supersede(keep=self.settings.debounce_ms > 0)  # its answer is stale now
         if self.engine is not None:
             self.engine.update_document(uri, doc.text)
 
@@ -540,9 +540,6 @@ class KaffeeLanguageServer(LanguageServer):
 
     def on_close(self, params: types.DidCloseTextDocumentParams) -> None:
         self.documents.close(params.text_document.uri)
-        for kind in ("completion", "inline"):
-            self._last_request.pop((params.text_document.uri, kind), None)
-        self._edits.pop(params.text_document.uri, None)
         if self.engine is not None:
             self.engine.remove_document(params.text_document.uri)
 
@@ -561,52 +558,58 @@ class KaffeeLanguageServer(LanguageServer):
         )
 
     # -- running model work -----------------------------------------------------------------------
-    async def run_model(self, uri: str, kind: str, job, free: Callable[[], bool] | None = None):
+    async def run_model(self, uri: str, kind: str, job, offset: int | None = None):
         """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it.
 
-        Debounce (``debounce_until``): only while the user types faster than
-        ``debounceMs`` does a request wait, on the event loop, until ``debounceMs`` after the
-        last edit; superseded meanwhile (a newer request, an edit, ``$/cancelRequest``) it
-        is answered cancelled without reaching the model. A request after a pause in
-        typing goes to the model at once, and so does one that ``free()`` says needs no
-        model (nothing to save by waiting).
+        Debounce (``debounceMs``), which never delays a request while the model is idle: a
+        request that comes while the model still works on the previous request of its
+        document (the user types faster than the model answers) waits for that work, up to
+        ``debounceMs``, and is answered cancelled without reaching the model if a newer
+        request or an edit supersedes it meanwhile. When the user only typed on at the
+        previous request's cursor (``offset``), that work is not thrown away: it finishes
+        (its answer is stale and the client gets "cancelled") and leaves its suggestion and
+        KV cache to the waiting request, which the engine then answers from the suggestion
+        when the typed characters begin it, or with a warm cache. Any other
+        edit, a wait past ``debounceMs`` and ``$/cancelRequest`` stop work between decode steps.
         """
         key = (uri, kind)
-        now = time.monotonic()
-        previous = self._last_request.get(key)
-        self._last_request[key] = now
         self.counters["requests"] += 1
+        wait = self.settings.debounce_ms / 1000.0
         older = self._inflight.get(key)
+        rec = _Request(threading.Event(), offset)
+        self._inflight[key] = rec
         if older is not None:
-            older.set()
-        cancel = threading.Event()
-        self._inflight[key] = cancel
-        until = debounce_until(self.settings.debounce_ms / 1000.0, now, previous, self._edits.get(uri))
-        if until is not None and free is not None and free():
-            self.counters["debounce_skipped"] += 1
-            until = None
+            older.supersede(keep=wait > 0)
+        work = older  # the model work in flight before this request: the older one's, or what it waited on
+        while work is not None and work.future is None:
+            work = work.waits_on
         try:
-            if until is not None:
+            if work is not None and work.kept and work.future is not None and not work.future.done():
                 self.counters["debounce_waits"] += 1
-                await asyncio.sleep(until - now)
-                if cancel.is_set():
+                rec.waits_on = work
+                done, _ = await asyncio.wait([asyncio.wrap_future(work.future)], timeout=wait)
+                if not done:  # the older work takes too long: stop it, this request goes on
+                    work.cancel.set()
+                if rec.stale:
                     self.counters["debounced"] += 1
                     raise JsonRpcRequestCancelled("superseded by a newer request or an edit while debounced")
-            result = await asyncio.get_running_loop().run_in_executor(self._worker, job, cancel)
+            rec.future = self._worker.submit(job, rec.cancel)
+            result = await asyncio.wrap_future(rec.future)
         except asyncio.CancelledError:
-            cancel.set()  # $/cancelRequest: stop the decode loop too
+            if not rec.kept:  # $/cancelRequest: stop the decode loop too, unless a newer request waits on it
+                rec.cancel.set()
             raise
         except RuntimeError as exc:  # the worker was shut down
             raise JsonRpcRequestCancelled(f"the server is shutting down ({exc})") from exc
         finally:
-            if self._inflight.get(key) is cancel:
+            if self._inflight.get(key) is rec:
                 del self._inflight[key]
         self.check_engine_health()
         engine = self.engine
         if engine is not None and engine.tokens_advanced - self._trimmed_at > TRIM_AFTER_TOKENS:
             self._trimmed_at = engine.tokens_advanced
             self._worker.submit(trim_heap)  # after this answer, before the next request's work
-        if cancel.is_set():
+        if rec.stale:
             self.counters["superseded"] += 1
             raise JsonRpcRequestCancelled("superseded by a newer request or an edit")
         return result
@@ -616,35 +619,40 @@ class KaffeeLanguageServer(LanguageServer):
 
     def shutdown_work(self) -> None:
         self.shutting_down = True
-        for ev in list(self._inflight.values()):
-            ev.set()
+        for rec in list(self._inflight.values()):
+            rec.cancel.set()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
-def debounce_until(
-    wait: float, now: float, previous_request: float | None, edit: tuple[float, float] | None
-) -> float | None:
-    """When a request that came at ``now`` may go to the model; None: at once.
+@dataclass
+class _Request:
+    """A request's model work in flight, for supersession and the debounce."""
 
-    ``wait`` is ``debounceMs`` in seconds (0: off), ``previous_request`` when the last
-    request of the same document and kind came, ``edit`` the document's last edit as
-    (the gap before it, its time). The user is typing fast when that gap is shorter than
-    ``wait`` and the edit less than ``wait`` old: the request waits until ``wait`` after
-    the edit, so that a keystroke coming on top of it drops it. With no edit since the
-    previous request (requests repeated without typing), the same holds for the gap
-    between requests. Any other request, the first after a pause included, does not wait.
-    """
-    if wait <= 0:
-        return None
-    if edit is not None and (previous_request is None or edit[1] >= previous_request):
-        gap, at = edit
-    elif previous_request is not None:
-        gap, at = now - previous_request, now
-    else:
-        return None
-    if gap >= wait or now - at >= wait:
-        return None
-    return at + wait
+    cancel: threading.Event  # set: the decode loop stops at its next step
+    offset: int | None  # the cursor (characters into the document); typing there keeps the work
+    stale: bool = False  # a newer request or an edit came: the answer is not wanted any more
+    kept: bool = False  # stale, but its work goes on for the request after it (the user typed on)
+    future: concurrent.futures.Future | None = None  # the job on the model thread, once submitted
+    waits_on: _Request | None = None  # the older request whose kept work this one waits for
+    _typed_on: bool = True  # every edit since the request was an insertion at its cursor
+
+    def typed_on(self, start: int, end: int, text: str) -> None:
+        """Note an edit replacing characters ``start:end`` with ``text`` (end -1: the whole text)."""
+        if self.offset is None or start != end or start != self.offset or "\n" in text:
+            self._typed_on = False
+        else:
+            self.offset += len(text)
+
+    def supersede(self, keep: bool) -> None:
+        """A newer request or an edit: the answer is stale; the work stops unless it is worth keeping."""
+        self.stale = True
+        if keep and self._typed_on and not self.cancel.is_set():
+            self.kept = True
+        else:
+            self.kept = False
+            self.cancel.set()
+            if self.waits_on is not None:  # nobody is left to use the older work either
+                self.waits_on.cancel.set()
 
 
 # -- formatting answers ---------------------------------------------------------------------------
@@ -773,7 +781,8 @@ def build_server(
 
     @server.feature(COUNTERS_METHOD)
     def counters(ls: KaffeeLanguageServer, params: Any) -> dict[str, int]:
-        """Requests seen, debounced and superseded, ``modelCalls`` (engine calls that reached the model),
+        """Requests seen, debounced and superseded, ``modelCalls`` (engine calls that ran the model),
+        ``reusedAnswers`` (engine calls answered from the previous suggestion, no model),
         and with a backend how its calls went (``remoteAnswered``, ``remoteFallbacks``, …)."""
         engine = ls.engine
         backend = getattr(engine, "remote", None)
@@ -788,7 +797,9 @@ def build_server(
                 "remoteCancelled": remote.cancelled,
             }
         )
-        return {**ls.counters, "modelCalls": engine.stats.requests if engine is not None else 0, **extra}
+        calls = engine.stats.requests - engine.stats.reused if engine is not None else 0
+        reused = engine.stats.reused if engine is not None else 0
+        return {**ls.counters, "modelCalls": calls, "reusedAnswers": reused, **extra}
 
     @server.command(ACCEPT_COMMAND)
     def accepted(ls: KaffeeLanguageServer, *args: Any) -> None:
@@ -822,7 +833,7 @@ def build_server(
             line = engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel, document=cur.uri)
             return tokens, line
 
-        tokens, line = await ls.run_model(cur.uri, "completion", job)
+        tokens, line = await ls.run_model(cur.uri, "completion", job, cur.offset)
         items = completion_items(cur, tokens, line)
         inserts = [len(i.text_edit.new_text) if isinstance(i.text_edit, types.TextEdit) else 0 for i in items]
         offer = ls.answered("completion", t0, max(inserts, default=0))
@@ -846,12 +857,7 @@ def build_server(
                 return None
             return engine.complete(cur.prefix, cur.suffix, deadline=deadline, cancel=cancel, document=cur.uri)
 
-        def free() -> bool:  # the user typed on through the last suggestion: its rest, no model
-            engine = ls.engine
-            reuse = getattr(engine, "_reuse", None)  # the engine's own check, read-only
-            return reuse is not None and reuse(cur.prefix, cur.suffix) is not None
-
-        result = await ls.run_model(cur.uri, "inline", job, free)
+        result = await ls.run_model(cur.uri, "inline", job, cur.offset)
         text = result.text if result is not None else ""
         offer = ls.answered("inline", t0, len(text))
         if not text:

@@ -2,7 +2,7 @@
 
 They come from ``initializationOptions`` and ``workspace/didChangeConfiguration`` (flat,
 or under a ``kaffee`` key). Every invalid value is reported and replaced by its default;
-unknown keys are reported and ignored. Nothing here raises.
+null asks for the default; unknown keys are reported and ignored. Nothing here raises.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ class ServerSettings:
     device: str = "cpu"  # where the model runs: cpu, cuda or auto
     enable: bool = True  # false: answer every request with nothing (the model stays loaded)
     stats: bool = True  # count shown/accepted suggestions into the local stats file (server/stats.py)
-    debounce_ms: int = 50  # a request within this long of the previous one (same document and kind)
-    # waits this long and is dropped if a newer one comes meanwhile; 0: off
+    debounce_ms: int = 50  # a request that comes while the model works on the previous one (same
+    # document and kind) waits for it up to this long, dropped if superseded meanwhile; 0: off
     backend: str | None = None  # openai:URL: suggestions from that server (None: the --backend flag, if any)
     remote_model: str | None = None  # the "model" a backend request names (None: the server's first)
     api_key_env: str | None = None  # environment variable holding the backend's bearer token
@@ -94,9 +94,17 @@ _FIELDS = {
 assert {f for f, _ in _FIELDS.values()} == {f.name for f in fields(ServerSettings)}
 
 
-def parse_settings(raw: Any, base: ServerSettings | None = None) -> tuple[ServerSettings, list[str]]:
-    """Settings from client JSON over ``base`` (defaults); also the problems found, for the user."""
-    base = base or ServerSettings()
+def parse_settings(
+    raw: Any, base: ServerSettings | None = None, defaults: ServerSettings | None = None
+) -> tuple[ServerSettings, list[str]]:
+    """Settings from client JSON over ``base``; also the problems found, for the user.
+
+    A key set to null takes its value from ``defaults`` (the server's own, the command
+    line's device included), so a client that clears a setting gets the default back
+    rather than the value it set before. Keys left out keep ``base``'s value.
+    """
+    defaults = defaults or ServerSettings()
+    base = base or defaults
     if raw is None:
         return base, []
     if isinstance(raw, dict) and isinstance(raw.get("kaffee"), dict):
@@ -104,12 +112,14 @@ def parse_settings(raw: Any, base: ServerSettings | None = None) -> tuple[Server
     if not isinstance(raw, dict):
         return base, [f"settings must be a JSON object, got {type(raw).__name__}; using the defaults"]
     problems, values = [], {}
-    defaults = ServerSettings()
     for key, value in raw.items():
         if key not in _FIELDS:
             problems.append(f"unknown setting {key!r} ignored (known: {', '.join(_FIELDS)})")
             continue
         name, check = _FIELDS[key]
+        if value is None:
+            values[name] = getattr(defaults, name)
+            continue
         error = check(value)
         if error:
             problems.append(f"setting {key}={value!r} {error}; using the default {getattr(defaults, name)!r}")

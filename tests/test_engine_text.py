@@ -276,6 +276,24 @@ def test_settings_parse_and_fall_back_per_field() -> None:
     assert parse_settings(None) == (ServerSettings(), [])
 
 
+def test_null_settings_reset_to_the_default_not_the_previous_value() -> None:
+    """A client that clears a setting sends null: the default comes back (the CLI's device included)."""
+    before, _ = parse_settings({"maxLines": 3, "deadlineMs": 250, "debounceMs": 0, "device": "cpu"})
+    defaults = ServerSettings(device="auto")
+    after, problems = parse_settings(
+        {"maxLines": None, "deadlineMs": None, "debounceMs": None, "device": None}, before, defaults
+    )
+    assert not problems
+    assert (after.max_lines, after.deadline_ms, after.debounce_ms, after.device) == (
+        ServerSettings().max_lines,
+        ServerSettings().deadline_ms,
+        ServerSettings().debounce_ms,
+        "auto",
+    )
+    kept, _ = parse_settings({"enable": False}, before, defaults)  # keys left out keep their value
+    assert kept.max_lines == 3 and not kept.enable
+
+
 @pytest.mark.parametrize("raw", [[], 3, {"modelPath": ""}, {"maxLines": 10**9}, {"deadlineMs": float("nan")}])
 def test_settings_never_raise(raw) -> None:
     s, problems = parse_settings(raw)

@@ -1,85 +1,226 @@
-"""Server-side debounce (issue 12, item 4), end to end through ``kaffee serve`` and pytest-lsp.
+"""Server-side debounce (issue 12, item 4).
 
-While the user types faster than ``debounceMs`` (the document's last two edits closer
-than that), a request waits on the event loop until ``debounceMs`` after the last edit
-and, superseded meanwhile, is answered cancelled without reaching the model; requests
-repeated without edits are debounced by their own gaps; the first request after a pause
-in typing goes to the model at once. Asserted on the server's ``kaffee/counters``
-(``modelCalls``: engine calls that got to the model), not on wall-clock thresholds. The
-debounce here is long (1 s) and the steps 150 ms apart, so a busy machine does not
-change which request reaches the model. The rule itself (``lsp.debounce_until``) is
-also tested directly.
+A request never waits while the model is idle. One that comes while the model still
+works on the previous request of its document waits for that work, up to
+``debounceMs``, and, superseded meanwhile, is answered cancelled without reaching the
+model. When the user only typed on at the previous request's cursor, that work is kept
+(it finishes, its answer is "cancelled", and its suggestion and KV cache serve the next
+request); any other edit, a wait past ``debounceMs`` or ``debounceMs`` 0 stop it.
+
+The rule is driven through ``KaffeeLanguageServer.run_model`` and ``on_change`` with jobs
+that block on events, so the order of things is fixed and no wall-clock threshold is
+asserted; one end-to-end test checks the counters through the real ``kaffee serve``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from kaffee.server.lsp import KaffeeLanguageServer, debounce_until
+from kaffee.server.lsp import KaffeeLanguageServer
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException
-from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
+from pytest_lsp import LanguageClient
+from test_lsp import start, stop  # one way to start the real server and answer its registrations
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+URI = "file:///tmp/kaffee-debounce/X.java"
+TEXT = "class X {\n    int a = \n}\n"
+CURSOR = TEXT.index("= ") + 2  # offset of the cursor on line 1
+TIMEOUT = 60
+
+
+class Jobs:
+    """Model jobs that block until released; records which ran and whether they were told to stop."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.release: dict[str, threading.Event] = {}
+        self.cancels: dict[str, threading.Event] = {}
+        self.started: dict[str, threading.Event] = {}
+
+    def job(self, name: str, block: bool = True):
+        self.release[name] = threading.Event()
+        self.started[name] = threading.Event()
+        if not block:
+            self.release[name].set()
+
+        def run(cancel: threading.Event) -> str:
+            self.ran.append(name)
+            self.cancels[name] = cancel
+            self.started[name].set()
+            while not self.release[name].wait(0.01):
+                if cancel.is_set():
+                    return f"{name} stopped"
+            return name
+
+        return run
+
+
+async def started(jobs: Jobs, name: str) -> None:
+    await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, jobs.started[name].wait), TIMEOUT)
+
+
+@pytest.fixture
+def ls(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the stats file, never the user's
+    server = KaffeeLanguageServer()
+    server.settings = replace(server.settings, debounce_ms=10_000)  # long: the waits end by events here
+    server.on_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=URI, language_id="java", version=1, text=TEXT)
+        )
+    )
+    yield server
+    server.shutdown_work()
+
+
+def edit(ls: KaffeeLanguageServer, offset: int, text: str, delete: int = 0, version: int = 2) -> None:
+    doc = ls.documents.get(URI)
+    start = doc.position_at(offset, ls.encoding)
+    end = doc.position_at(offset + delete, ls.encoding)
+    rng = types.Range(types.Position(*start), types.Position(*end))
+    ls.on_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=rng, text=text)],
+        )
+    )
+
+
+def request(ls: KaffeeLanguageServer, job, offset: int = CURSOR) -> asyncio.Future:
+    return asyncio.ensure_future(ls.run_model(URI, "inline", job, offset))
+
+
+async def test_a_request_while_the_model_is_idle_does_not_wait(ls) -> None:
+    jobs = Jobs()
+    assert await request(ls, jobs.job("a", block=False)) == "a"
+    edit(ls, CURSOR, "1")
+    assert await request(ls, jobs.job("b", block=False), CURSOR + 1) == "b"
+    assert jobs.ran == ["a", "b"]
+    assert ls.counters["debounce_waits"] == 0
+
+
+async def test_typing_on_keeps_the_work_and_drops_the_requests_between(ls) -> None:
+    """a runs; the user types three characters at its cursor, asking after each: a goes on,
+    b and c are dropped while they wait, d runs after a and is answered."""
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    waiting = []
+    for i, name in enumerate("bcd"):
+        edit(ls, CURSOR + i, "x", version=2 + i)
+        waiting.append(request(ls, jobs.job(name, block=False), CURSOR + i + 1))
+        await asyncio.sleep(0)
+    assert not jobs.cancels["a"].is_set()  # typing on: the work is kept
+    jobs.release["a"].set()
+    answers = await asyncio.wait_for(asyncio.gather(a, *waiting, return_exceptions=True), TIMEOUT)
+    assert all(isinstance(x, JsonRpcRequestCancelled) for x in answers[:3]), answers
+    assert answers[3] == "d"
+    assert jobs.ran == ["a", "d"]  # b and c never reached the model
+    assert ls.counters["debounced"] == 2 and ls.counters["superseded"] == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param((CURSOR - 1, "", 1), id="backspace"),
+        pytest.param((3, "x", 0), id="typing elsewhere"),
+        pytest.param((CURSOR, "\n", 0), id="enter"),
+    ],
+)
+async def test_any_other_edit_stops_the_work(ls, change) -> None:
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    offset, text, delete = change
+    edit(ls, offset, text, delete)
+    assert jobs.cancels["a"].is_set()
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+    assert await request(ls, jobs.job("b", block=False), offset + len(text)) == "b"
+    assert ls.counters["debounce_waits"] == 0
+
+
+async def test_the_wait_ends_after_debounce_ms_and_stops_the_older_work(ls) -> None:
+    ls.settings = replace(ls.settings, debounce_ms=50)
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))  # never released: only its cancel event ends it
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    b = request(ls, jobs.job("b", block=False), CURSOR + 1)
+    assert await asyncio.wait_for(b, TIMEOUT) == "b"
+    assert jobs.cancels["a"].is_set()
+    assert ls.counters["debounce_waits"] == 1
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+
+
+async def test_debounce_off_stops_the_older_work_at_once(ls) -> None:
+    ls.settings = replace(ls.settings, debounce_ms=0)
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    assert jobs.cancels["a"].is_set()
+    assert await request(ls, jobs.job("b", block=False), CURSOR + 1) == "b"
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+    assert ls.counters["debounce_waits"] == 0
+
+
+async def test_client_cancel_of_kept_work_lets_it_finish_for_the_next_request(ls) -> None:
+    """Editors send $/cancelRequest for the request a keystroke made stale: kept work goes on."""
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    b = request(ls, jobs.job("b", block=False), CURSOR + 1)
+    await asyncio.sleep(0)
+    a.cancel()  # what pygls does on $/cancelRequest
+    await asyncio.sleep(0.05)
+    assert not jobs.cancels["a"].is_set()
+    jobs.release["a"].set()
+    assert await asyncio.wait_for(b, TIMEOUT) == "b"
+    assert jobs.ran == ["a", "b"]
+
+
+async def test_client_cancel_of_the_waiting_request_stops_the_kept_work(ls) -> None:
+    """Nobody is left to use the older work once the request waiting on it is superseded by an edit."""
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    b = request(ls, jobs.job("b", block=False), CURSOR + 1)
+    await asyncio.sleep(0)
+    edit(ls, 3, "y", version=3)  # typing somewhere else
+    assert jobs.cancels["a"].is_set()
+    answers = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), TIMEOUT)
+    assert all(isinstance(x, JsonRpcRequestCancelled) for x in answers), answers
+    assert jobs.ran == ["a"]
+
+
+# -- end to end: the counters through the real server -------------------------------------------------
 SOURCE = """public class Main {
     public static void main(String[] args) {
         System.out.
     }
 }
 """
-CURSOR = types.Position(line=2, character=len("        System.out."))
-TIMEOUT = 60
-DEBOUNCE_MS = 1000
-GAP_S = 0.15  # between the requests of a burst: well under the debounce
-BURST = 4
+POSITION = types.Position(line=2, character=len("        System.out."))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(tiny_model_dir: Path):
-    cmd = [sys.executable, "-m", "kaffee", "serve", "--model", str(tiny_model_dir), "--log-level", "warning"]
-    client = await ClientServerConfig(server_command=cmd).start()
-    await client.initialize_session(
-        types.InitializeParams(
-            capabilities=client_capabilities("visual-studio-code"),
-            initialization_options={"deadlineMs": 30_000, "debounceMs": DEBOUNCE_MS},
-        )
-    )
-    await inline(client, open_doc(client, "Warm.java"))  # the model is loaded
+    client = await start(tiny_model_dir, {"deadlineMs": 30_000})
     yield client
-    try:
-        await asyncio.wait_for(client.shutdown_session(), 30)
-    finally:
-        await client.stop()
-
-
-def open_doc(client: LanguageClient, name: str) -> str:
-    uri = f"file:///tmp/kaffee-debounce/{name}"
-    client.text_document_did_open(
-        types.DidOpenTextDocumentParams(
-            types.TextDocumentItem(uri=uri, language_id="java", version=1, text=SOURCE)
-        )
-    )
-    return uri
-
-
-def inline_params(uri: str) -> types.InlineCompletionParams:
-    return types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri),
-        position=CURSOR,
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
-    )
-
-
-async def inline(client: LanguageClient, uri: str) -> types.InlineCompletionList:
-    return await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri)), TIMEOUT)
+    await stop(client)
 
 
 async def counters(client: LanguageClient) -> dict[str, int]:
@@ -88,171 +229,26 @@ async def counters(client: LanguageClient) -> dict[str, int]:
     return {k: int(v) for k, v in plain.items()}
 
 
-def delta(after: dict[str, int], before: dict[str, int], key: str) -> int:
-    return after.get(key, 0) - before.get(key, 0)
-
-
-async def burst(client: LanguageClient, uri: str, n: int = BURST) -> list[Any]:
-    futures = []
-    for i in range(n):
-        if i:
-            await asyncio.sleep(GAP_S)
-        futures.append(asyncio.ensure_future(inline(client, uri)))
-    return await asyncio.gather(*futures, return_exceptions=True)
-
-
-def configure(client: LanguageClient, debounce_ms: int) -> None:
-    client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"kaffee": {"debounceMs": debounce_ms}})
+async def test_counters_end_to_end(client: LanguageClient) -> None:
+    uri = "file:///tmp/kaffee-debounce/Main.java"
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="java", version=1, text=SOURCE)
+        )
     )
-
-
-def is_cancelled(answer: Any) -> bool:
-    return isinstance(answer, JsonRpcException) and answer.code == -32800  # RequestCancelled
-
-
-async def test_debounce_rule() -> None:
-    w = 0.05
-    inf = float("inf")
-    assert debounce_until(0.0, 10.0, 9.99, (0.01, 9.99)) is None  # off
-    assert debounce_until(w, 10.0, None, None) is None  # nothing before it
-    assert debounce_until(w, 10.0, None, (inf, 9.99)) is None  # the first edit of the document
-    assert debounce_until(w, 10.0, 9.0, (0.5, 9.99)) is None  # typed after a pause: at once
-    # typing fast: wait until `wait` after the last edit (not after the request)
-    assert debounce_until(w, 10.0, 9.97, (0.03, 9.99)) == pytest.approx(9.99 + w)
-    assert debounce_until(w, 10.0, None, (0.049, 9.98)) == pytest.approx(9.98 + w)
-    assert debounce_until(w, 10.0, 9.9, (0.03, 9.94)) is None  # the last fast edit is `wait` old
-    # no edit since the previous request: the gap between requests decides
-    assert debounce_until(w, 10.0, 9.98, (0.01, 9.5)) == pytest.approx(10.0 + w)
-    assert debounce_until(w, 10.0, 9.9, (0.01, 9.5)) is None
-    assert debounce_until(w, 10.0, 9.98, None) == pytest.approx(10.0 + w)
-
-
-async def test_a_request_that_needs_no_model_does_not_wait(tmp_path, monkeypatch) -> None:
-    """While typing fast, a request the engine answers without the model (the user typed on
-    through the last suggestion) skips the wait; one that needs the model waits."""
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the stats file, never the user's
-    ls = KaffeeLanguageServer()
-    ls.settings = replace(ls.settings, debounce_ms=100)
-    try:
-        ls._edits["file:///x.java"] = (0.02, time.monotonic())  # two edits 20 ms apart, just now
-        answer = await ls.run_model("file:///x.java", "inline", lambda cancel: "free", lambda: True)
-        assert answer == "free"
-        assert ls.counters["debounce_skipped"] == 1 and ls.counters["debounce_waits"] == 0
-        ls._edits["file:///x.java"] = (0.02, time.monotonic())
-        answer = await ls.run_model("file:///x.java", "inline", lambda cancel: "model", lambda: False)
-        assert answer == "model"
-        assert ls.counters["debounce_skipped"] == 1 and ls.counters["debounce_waits"] == 1
-    finally:
-        ls.shutdown_work()
-
-
-async def test_isolated_request_goes_to_the_model_at_once(client: LanguageClient) -> None:
-    uri = open_doc(client, "Isolated.java")
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri),
+        position=POSITION,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
     before = await counters(client)
-    result = await inline(client, uri)
+    try:
+        result = await asyncio.wait_for(client.text_document_inline_completion_async(params), TIMEOUT)
+    except JsonRpcException as exc:  # pragma: no cover - a failure message worth reading
+        pytest.fail(f"inline completion failed: {exc}")
     after = await counters(client)
     assert result.items and result.items[0].insert_text.strip(), result
-    assert delta(after, before, "modelCalls") == 1
-    assert delta(after, before, "debounce_waits") == 0  # no debounce wait after a pause
-
-
-def type_char(client: LanguageClient, uri: str, version: int) -> None:
-    """One keystroke: a space at the end of the file (the cursor's line is unchanged)."""
-    end = types.Position(line=SOURCE.count("\n"), character=0)
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(end, end), text=" ")],
-        )
-    )
-
-
-async def test_fast_typing_reaches_the_model_only_first_and_last(client: LanguageClient) -> None:
-    """A keystroke and an inline request every 150 ms, as editors ask after each keystroke."""
-    uri = open_doc(client, "Typing.java")
-    before = await counters(client)
-    futures = []
-    for i in range(BURST):
-        if i:
-            await asyncio.sleep(GAP_S)
-        type_char(client, uri, version=2 + i)
-        futures.append(asyncio.ensure_future(inline(client, uri)))
-    answers = await asyncio.gather(*futures, return_exceptions=True)
-    after = await counters(client)
-    # the first edit follows a pause: its request goes at once; the next ones wait until 1 s
-    # after their edit, and the middle ones are dropped by the keystroke that follows
-    assert delta(after, before, "modelCalls") == 2, (before, after)
-    assert delta(after, before, "debounce_waits") == BURST - 1
-    assert delta(after, before, "debounced") == BURST - 2
-    assert all(is_cancelled(a) for a in answers[1:-1]), answers
-    assert isinstance(answers[-1], types.InlineCompletionList) and answers[-1].items, answers[-1]
-
-
-async def test_typing_after_a_pause_does_not_wait(client: LanguageClient) -> None:
-    """Keystrokes further apart than debounceMs: every request goes to the model at once,
-    even one that comes right after another request (asked without an edit, e.g. on a
-    cursor move): the keystroke before it followed a pause."""
-    uri = open_doc(client, "Slow.java")
-    before = await counters(client)
-    type_char(client, uri, version=2)
-    assert (await inline(client, uri)).items
-    await asyncio.sleep(DEBOUNCE_MS / 1000 + 0.2)
-    assert (await inline(client, uri)).items  # no edit since the last request, which was long ago
-    type_char(client, uri, version=3)  # over a second after the previous keystroke
-    assert (await inline(client, uri)).items
-    after = await counters(client)
-    assert delta(after, before, "modelCalls") == 3, (before, after)
-    assert delta(after, before, "debounce_waits") == 0
-
-
-async def test_burst_reaches_the_model_only_first_and_last(client: LanguageClient) -> None:
-    uri = open_doc(client, "Burst.java")
-    before = await counters(client)
-    answers = await burst(client, uri)
-    after = await counters(client)
-    # the first goes at once (it may finish before the second comes), the middle ones are
-    # dropped during their wait, the last is answered after it
-    assert delta(after, before, "modelCalls") == 2, (before, after)
-    assert delta(after, before, "debounce_waits") == BURST - 1
-    assert delta(after, before, "debounced") == BURST - 2
-    assert all(is_cancelled(a) for a in answers[1:-1]), answers
-    assert isinstance(answers[-1], types.InlineCompletionList) and answers[-1].items, answers[-1]
-
-
-async def test_without_debounce_every_request_of_a_burst_reaches_the_model(client: LanguageClient) -> None:
-    configure(client, 0)
-    try:
-        uri = open_doc(client, "NoDebounce.java")
-        before = await counters(client)
-        answers = await burst(client, uri)
-        after = await counters(client)
-        assert delta(after, before, "modelCalls") == BURST, (before, after)
-        assert delta(after, before, "debounce_waits") == 0
-        assert isinstance(answers[-1], types.InlineCompletionList) and answers[-1].items, answers[-1]
-    finally:
-        configure(client, DEBOUNCE_MS)
-
-
-async def test_cancel_request_during_the_wait(client: LanguageClient) -> None:
-    uri = open_doc(client, "Cancel.java")
-    before = await counters(client)
-    first = asyncio.ensure_future(inline(client, uri))
-    await asyncio.sleep(GAP_S)
-    waiting = asyncio.ensure_future(
-        client.protocol.send_request_async(
-            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri), msg_id="debounced-1"
-        )
-    )
-    await asyncio.sleep(GAP_S)
-    during = await counters(client)  # the event loop answers while the request waits
-    assert not waiting.done()
-    assert delta(during, before, "debounce_waits") == 1
-    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="debounced-1"))
-    answers = await asyncio.wait_for(asyncio.gather(first, waiting, return_exceptions=True), TIMEOUT)
-    after = await counters(client)
-    assert is_cancelled(answers[1]), answers[1]
-    assert delta(after, before, "modelCalls") == 1  # only the first; the cancelled one never ran
-    # the server still serves this document
-    await asyncio.sleep(DEBOUNCE_MS / 1000)
-    assert (await inline(client, uri)).items
+    assert after["requests"] - before.get("requests", 0) == 1
+    assert after["modelCalls"] - before["modelCalls"] == 1
+    assert after.get("debounce_waits", 0) == before.get("debounce_waits", 0)  # the model was idle
+    assert "reusedAnswers" in after

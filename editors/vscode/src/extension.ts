@@ -29,18 +29,20 @@ import {
 
 const SECTION = 'kaffee';
 
-/** The server's initializationOptions; a field left out takes the server's default. */
+/**
+ * The server's initializationOptions and didChangeConfiguration settings. Every field is
+ * sent: null asks for the server's default, so clearing a setting takes effect.
+ */
 interface KaffeeOptions {
     modelPath?: string | null;
-    maxLines?: number;
-    deadlineMs?: number;
-    workspaceContext?: boolean;
-    device?: 'cpu' | 'cuda' | 'auto';
-    enable?: boolean;
-    stats?: boolean;
-    debounceMs?: number;
-    // Always sent (null: the server's --backend flags), so clearing one takes effect.
-    backend?: string | null;
+    maxLines?: number | null;
+    deadlineMs?: number | null;
+    workspaceContext?: boolean | null;
+    device?: 'cpu' | 'cuda' | 'auto' | null;
+    enable?: boolean | null;
+    stats?: boolean | null;
+    debounceMs?: number | null;
+    backend?: string | null; // null: the server's --backend flags
     remoteModel?: string | null;
     apiKeyEnv?: string | null;
 }
@@ -111,35 +113,15 @@ function resolvePath(value: string): string {
 function serverOptionsFromSettings(): KaffeeOptions {
     const config = vscode.workspace.getConfiguration(SECTION);
     const options: KaffeeOptions = {};
-    const modelPath = userValue<string>(config, 'modelPath');
-    if (modelPath !== undefined && modelPath.trim() !== '') {
-        options.modelPath = resolvePath(modelPath);
-    }
-    const maxLines = userValue<number>(config, 'maxLines');
-    if (maxLines !== undefined) {
-        options.maxLines = maxLines;
-    }
-    const deadlineMs = userValue<number>(config, 'deadlineMs');
-    if (deadlineMs !== undefined) {
-        options.deadlineMs = deadlineMs;
-    }
-    const workspaceContext = userValue<boolean>(config, 'workspaceContext');
-    if (workspaceContext !== undefined) {
-        options.workspaceContext = workspaceContext;
-    }
-    const device = userValue<KaffeeOptions['device']>(config, 'device');
-    if (device !== undefined) {
-        options.device = device;
-    }
+    const modelPath = nonEmpty(userValue<string>(config, 'modelPath'));
+    options.modelPath = modelPath !== undefined ? resolvePath(modelPath) : null;
+    options.maxLines = userValue<number>(config, 'maxLines') ?? null;
+    options.deadlineMs = userValue<number>(config, 'deadlineMs') ?? null;
+    options.workspaceContext = userValue<boolean>(config, 'workspaceContext') ?? null;
+    options.device = userValue<'cpu' | 'cuda' | 'auto'>(config, 'device') ?? null;
     options.enable = enabled();
-    const stats = userValue<boolean>(config, 'stats');
-    if (stats !== undefined) {
-        options.stats = stats;
-    }
-    const debounceMs = userValue<number>(config, 'debounceMs');
-    if (debounceMs !== undefined) {
-        options.debounceMs = debounceMs;
-    }
+    options.stats = userValue<boolean>(config, 'stats') ?? null;
+    options.debounceMs = userValue<number>(config, 'debounceMs') ?? null;
     options.backend = nonEmpty(trustedUserValue<string>(config, 'backend')) ?? null;
     options.remoteModel = nonEmpty(userValue<string>(config, 'remoteModel')) ?? null;
     options.apiKeyEnv = nonEmpty(trustedUserValue<string>(config, 'apiKeyEnv')) ?? null;
