@@ -336,3 +336,28 @@ def test_kill_at_each_swap_step(swap, k, at_out, resumed_from, corpus, reference
     assert not leftovers(out)
     assert weights(out) == weights(reference)
     assert "left by a killed run" in caplog.text
+
+
+def test_two_runs_sharing_a_data_cache_tokenise_once(corpus, tmp_path, monkeypatch):
+    """--data-cache: a gpt and an lstm on the same data, read the same way, encode it once."""
+    import kaffee.training.run as run_module
+
+    calls: list[str] = []
+    real = run_module.cached_token_stream.__globals__["token_stream"]
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])  # the split
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(run_module.cached_token_stream.__globals__, "token_stream", counting)
+    cache = tmp_path / "cache"
+    rc, _ = kaffee(train_args(corpus, tmp_path / "gpt", "--data-cache", str(cache)))
+    assert rc == 0 and sorted(calls) == ["train", "valid"]
+    lstm = [
+        a if a != "gpt" else "lstm" for a in train_args(corpus, tmp_path / "lstm", "--data-cache", str(cache))
+    ]
+    rc, _ = kaffee(lstm)
+    assert rc == 0 and sorted(calls) == ["train", "valid"]  # nothing encoded again
+    assert not (tmp_path / ".gpt.data-cache").exists() and not (tmp_path / ".lstm.data-cache").exists()
+    rc, _ = kaffee(train_args(corpus, tmp_path / "nofim", "--data-cache", str(cache), "--fim-rate", "0"))
+    assert rc == 0 and sorted(calls) == ["train", "train", "valid"]  # other data: its own entry

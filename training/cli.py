@@ -104,6 +104,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not lay out the files of a project side by side (dependency order, path headers)",
     )
     t.add_argument(
+        "--data-cache",
+        type=Path,
+        default=None,
+        help="folder for the tokenised data (default: .OUT.data-cache beside --out); two runs on the same "
+        "data with one --data-cache tokenise it once",
+    )
+    t.add_argument(
         "--set",
         action="append",
         default=[],
@@ -165,7 +172,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise KaffeeError(f"--{name.replace('_', '-')} must be between 0 and 1")
     from kaffee.training.data import DataConfig
 
-    job = TrainJob(args.family, args.preset, args.corpus, args.tokenizer, args.out, args.resume, args.force)
+    job = TrainJob(
+        args.family,
+        args.preset,
+        args.corpus,
+        args.tokenizer,
+        args.out,
+        args.resume,
+        args.force,
+        args.data_cache,
+    )
     data_cfg = DataConfig(
         fim_rate=args.fim_rate,
         line_fim_share=args.line_fim_share,

@@ -37,6 +37,8 @@ class TrainJob:
     out: Path  # model directory to write
     resume: bool = False  # continue the run saved in `out`, even with changed loop settings
     force: bool = False  # start over even if `out` holds another or a finished run
+    data_cache: Path | None = None  # token cache folder (None: .OUT.data-cache beside out); runs that share
+    # one and read the same data the same way tokenise it once (entries are keyed by everything that changes them)
 
 
 def hardware() -> str:
@@ -193,7 +195,7 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     tok_path = job.tokenizer if job.tokenizer.is_file() else job.tokenizer / "tokenizer.json"
     model_cfg = families.make_config(job.family, job.preset, tok.vocab_size, **(overrides or {}))
     fam = families.get_family(job.family)
-    cache_dir = job.out.parent / f".{job.out.name}.data-cache"
+    cache_dir = job.data_cache or job.out.parent / f".{job.out.name}.data-cache"
     # an mlm family (bert) sees both sides of every mask already: fill-in-the-middle samples only reorder its text
     fim_rate = data_cfg.fim_rate if fam.neural and fam.objective == "causal" else 0.0
     share = data_cfg.line_fim_share if fim_rate > 0 else 0.0
