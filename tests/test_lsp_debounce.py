@@ -175,14 +175,20 @@ async def test_debounce_off_stops_the_older_work_at_once(ls) -> None:
     assert ls.counters["debounce_waits"] == 0
 
 
-async def test_client_cancel_of_kept_work_lets_it_finish_for_the_next_request(ls) -> None:
-    """Editors send $/cancelRequest for the request a keystroke made stale: kept work goes on."""
-    jobs = Jobs()
+async def typed_on_while_running(ls, jobs: Jobs) -> tuple[asyncio.Future, asyncio.Future]:
+    """Request a (running, blocked), one character typed at its cursor, request b (waiting on a)."""
     a = request(ls, jobs.job("a"))
     await started(jobs, "a")
     edit(ls, CURSOR, "x")
     b = request(ls, jobs.job("b", block=False), CURSOR + 1)
     await asyncio.sleep(0)
+    return a, b
+
+
+async def test_client_cancel_of_kept_work_lets_it_finish_for_the_next_request(ls) -> None:
+    """Editors send $/cancelRequest for the request a keystroke made stale: kept work goes on."""
+    jobs = Jobs()
+    a, b = await typed_on_while_running(ls, jobs)
     a.cancel()  # what pygls does on $/cancelRequest
     await asyncio.sleep(0.05)
     assert not jobs.cancels["a"].is_set()
@@ -194,11 +200,7 @@ async def test_client_cancel_of_kept_work_lets_it_finish_for_the_next_request(ls
 async def test_client_cancel_of_the_waiting_request_stops_the_kept_work(ls) -> None:
     """Nobody is left to use the older work once the request waiting on it is superseded by an edit."""
     jobs = Jobs()
-    a = request(ls, jobs.job("a"))
-    await started(jobs, "a")
-    edit(ls, CURSOR, "x")
-    b = request(ls, jobs.job("b", block=False), CURSOR + 1)
-    await asyncio.sleep(0)
+    a, b = await typed_on_while_running(ls, jobs)
     edit(ls, 3, "y", version=3)  # typing somewhere else
     assert jobs.cancels["a"].is_set()
     answers = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), TIMEOUT)
