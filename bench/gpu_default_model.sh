@@ -15,7 +15,7 @@ CARRY=${CARRY:-runs/gpu-carry}
 OUT=${OUT:?set OUT}
 GPT_MIN=${GPT_MIN:-4.5}        # wall-clock minutes for the gpt run (schedule sized from the benchmark)
 LSTM_MIN=${LSTM_MIN:-1}        # wall-clock minutes for the lstm baseline
-PRESET=${PRESET:-base}         # gpt preset of the default model
+PRESET=${PRESET:-base}         # gpt preset of the default model (size: bench/model_size.py, docs/architectures.md)
 LSTM_PRESET=${LSTM_PRESET:-small}
 LSTM_BLOCK=${LSTM_BLOCK:-}     # tokens per lstm block (default: its preset's)
 BATCH=${BATCH:-64}             # blocks per step
@@ -37,11 +37,13 @@ import sys, torch
 from pathlib import Path
 from kaffee.models import checkpoint
 work = Path(sys.argv[1])
-for name in ("gpt", "lstm"):
+# gpt as int8 with a scale per row (what the CPU decoder computes with; half the bytes of fp16,
+# docs/architectures.md "Size of the next default model"); the lstm baseline as fp16
+for name, dtype in (("gpt", "int8"), ("lstm", torch.float16)):
     try:
         m = checkpoint.load_model(work / name)
         checkpoint.save_model_dir(work / "res" / name, m, m.tokenizer, (work / name / "card.md").read_text(),
-                                  extra={k: v for k, v in m.meta.items() if k not in ("family", "config")}, dtype=torch.float16)
+                                  extra={k: v for k, v in m.meta.items() if k not in ("family", "config")}, dtype=dtype)
         (work / "res" / name / "metrics.jsonl").write_text((work / name / "metrics.jsonl").read_text())
     except Exception as exc:
         print(f"{name}: not packed ({exc})")
@@ -81,5 +83,5 @@ $PY -m kaffee train --family lstm --preset "$LSTM_PRESET" --corpus "$CARRY/train
   --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile --num-proc "$NPROC" \
   2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
 
-# 4. ship weights as fp16 without the optimizer state, in parts below 16 MiB
+# 4. ship weights (gpt int8, lstm fp16) without the optimizer state, in parts below 16 MiB
 echo "job done; packing results"

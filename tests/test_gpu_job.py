@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from kaffee.data.layout import REPO_LAYOUT
 from kaffee.models import checkpoint
+from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_default_model.sh"
@@ -66,6 +67,12 @@ def test_gpu_job_runs_at_nano_scale_on_cpu(tmp_path, java_samples, tiny_tokenize
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
         tar.extractall(res, filter="data")
     gpt = checkpoint.load_model(res / "gpt")
+    stored = {}
+    for f in (res / "gpt").glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as handle:
+            stored.update({k: handle.get_slice(k).get_dtype() for k in handle.keys()})
+    assert stored["model.embed_tokens.weight"] == "I8"  # the gpt ships as int8 with per-row scales
+    assert "model.embed_tokens.weight" + checkpoint.INT8_SCALE in stored
     assert gpt.family == "gpt" and gpt.meta["layout"] == REPO_LAYOUT and gpt.meta["line_fim_share"] == 0.5
     assert gpt.supports_fim
     assert checkpoint.load_model(res / "lstm").family == "lstm"
