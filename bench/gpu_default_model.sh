@@ -75,12 +75,13 @@ echo "gpt: $STEPS steps at $TPS tokens/s" | tee -a "$WORK/res/env.txt"
 $PY -m kaffee train --family gpt --preset "$PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
   --out "$WORK/gpt" --max-steps "$STEPS" --max-minutes "$GPT_MIN" --batch-size "$BATCH" --block-size "$BLOCK" --lr 1.5e-3 \
   --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 --num-proc "$NPROC" \
-  $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
+  --data-cache "$WORK/cache" $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
 
-# 3. lstm baseline on the same data (same repository layout; no FIM: it reads left to right only)
+# 3. lstm baseline on the same token stream (repository layout, line-level FIM; the shared --data-cache means
+#    the text is tokenised once, by the gpt run)
 $PY -m kaffee train --family lstm --preset "$LSTM_PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
   --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size "$BATCH" ${LSTM_BLOCK:+--block-size "$LSTM_BLOCK"} --lr 2e-3 \
-  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0 --no-compile --num-proc "$NPROC" \
+  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 --no-compile --num-proc "$NPROC" --data-cache "$WORK/cache" \
   2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
 
 # 4. ship weights (gpt int8, lstm fp16) without the optimizer state, in parts below 16 MiB

@@ -75,6 +75,7 @@ def test_gpu_job_runs_at_nano_scale_on_cpu(tmp_path, java_samples, tiny_tokenize
     assert "model.embed_tokens.weight" + checkpoint.INT8_SCALE in stored
     assert gpt.family == "gpt" and gpt.meta["layout"] == REPO_LAYOUT and gpt.meta["line_fim_share"] == 0.5
     assert gpt.supports_fim
-    assert checkpoint.load_model(res / "lstm").family == "lstm"
+    lstm = checkpoint.load_model(res / "lstm")
+    assert lstm.family == "lstm" and lstm.meta["fim_rate"] == 0.5  # the gpt's stream, from the shared cache
     summary = json.loads((res / "gpt.json").read_text().strip().splitlines()[-1])
     assert summary["val_loss"] is not None
