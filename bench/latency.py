@@ -25,8 +25,10 @@ is typed. It runs the engine once per ``--debounce`` value (the server's ``debou
 and reports model calls per keystroke (``modelCalls`` from the server's
 ``kaffee/counters``: engine calls that ran the model, not those answered from the last
 suggestion, which are counted apart), how many requests were answered, superseded or
-debounced, and the latency of the answered ones. Repeat values to alternate runs
-(``--debounce 0,50,0,50``) so that a change in machine load hits both alike:
+debounced, the model thread's busy time per keystroke (``modelMs``), and the latency of
+the answered ones; ``--cancel`` also cancels every unanswered request before each
+keystroke, as VS Code does. Repeat values to alternate runs (``--debounce 0,50,0,50``)
+so that a change in machine load hits both alike:
 
     python bench/latency.py examples/Bank.java --cps 8 --debounce 0,50 --chars 400
 """
@@ -222,6 +224,7 @@ def replay(cfg: ReplayConfig, mode: str) -> ReplayResult:
 @dataclass
 class PacedResult:
     debounce_ms: int
+    cancel: bool  # the client cancelled stale requests before each keystroke
     keystrokes: int  # didChange messages for typed characters and Enter (indentation comes free)
     requests: int  # inline requests sent
     answered: int  # answers with a result (not superseded)
@@ -266,9 +269,19 @@ def keystroke_plan(text: str, start: int, end: int, ask: str) -> list[tuple[int,
 
 
 def paced_replay(
-    cfg: ReplayConfig, debounce_ms: int, cps: float, ask: str = "token", jitter: float = 0.0, seed: int = 0
+    cfg: ReplayConfig,
+    debounce_ms: int,
+    cps: float,
+    ask: str = "token",
+    jitter: float = 0.0,
+    seed: int = 0,
+    cancel: bool = False,
 ) -> PacedResult:
-    """Type the region at ``cps`` characters per second without waiting for answers."""
+    """Type the region at ``cps`` characters per second without waiting for answers.
+
+    ``cancel``: before each keystroke, send ``$/cancelRequest`` for every request not
+    answered yet, as VS Code does for the inline request a keystroke makes stale.
+    """
     plan = keystroke_plan(cfg.text, cfg.start, cfg.end, ask)
     rng = random.Random(seed)
     mean_gap = 1.0 / cps
@@ -286,6 +299,7 @@ def paced_replay(
     try:
         before = server.request("kaffee/counters", None, timeout=timeout) or {}
         pending: list[Pending] = []
+        unanswered = 0  # pending[unanswered:] may still be waiting for an answer (--cancel)
         version, keystrokes = 1, 0
         t_start = time.perf_counter()
         due = t_start
@@ -294,6 +308,11 @@ def paced_replay(
                 due += gap
                 keystrokes += 1
                 time.sleep(max(0.0, due - time.perf_counter()))
+            if cancel:
+                for p in pending[unanswered:]:
+                    if not p.event.is_set():
+                        server.notify("$/cancelRequest", {"id": p.rid})
+                unanswered = len(pending)
             version += 1
             doc = insert(server, uri, version, doc, cursor, piece)
             if ask_after:
@@ -318,7 +337,15 @@ def paced_replay(
         after = server.request("kaffee/counters", None, timeout=timeout) or {}
         counters = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after}
         return PacedResult(
-            debounce_ms, keystrokes, len(pending), len(latencies), cancelled, counters, latencies, elapsed
+            debounce_ms,
+            cancel,
+            keystrokes,
+            len(pending),
+            len(latencies),
+            cancelled,
+            counters,
+            latencies,
+            elapsed,
         )
     except (LspError, LspTimeout, LspDied) as exc:
         raise KaffeeError(f"{label}: {exc}") from exc
@@ -333,15 +360,16 @@ def paced_report(cfg: ReplayConfig, results: list[PacedResult], cps: float, ask:
         f"inline request after every {'keystroke' if ask == 'key' else 'token start'}; "
         f"{platform.machine()} python {platform.python_version()}",
         "",
-        "| debounce ms | keystrokes | requests | model calls | calls per keystroke | from last suggestion "
-        "| answered | cancelled (debounced) | p50 ms | p95 ms | max ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| debounce ms | client cancels | keystrokes | model calls | calls per keystroke | model ms per keystroke "
+        "| from last suggestion | answered | cancelled (debounced) | p50 ms | p95 ms | max ms |",
+        "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         mx = max(r.latencies_ms) if r.latencies_ms else float("nan")
         lines.append(
-            f"| {r.debounce_ms} | {r.keystrokes} | {r.requests} | {r.model_calls} "
-            f"| {r.model_calls / max(1, r.keystrokes):.3f} | {r.counters.get('reusedAnswers', 0)} | {r.answered} "
+            f"| {r.debounce_ms} | {'yes' if r.cancel else 'no'} | {r.keystrokes} | {r.model_calls} "
+            f"| {r.model_calls / max(1, r.keystrokes):.3f} | {r.counters.get('modelMs', 0) / max(1, r.keystrokes):.1f} "
+            f"| {r.counters.get('reusedAnswers', 0)} | {r.answered} "
             f"| {r.cancelled} ({r.counters.get('debounced', 0)}) "
             f"| {r.pct(50):.1f} | {r.pct(95):.1f} | {mx:.1f} |"
         )
@@ -449,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         help="type at this many characters per second without waiting for answers (paced mode)",
     )
     p.add_argument(
+        "--cancel",
+        action="store_true",
+        help="paced mode: $/cancelRequest for every unanswered request before each keystroke (as VS Code does)",
+    )
+    p.add_argument(
         "--ask",
         choices=("token", "key"),
         default="token",
@@ -499,20 +532,22 @@ def main(argv: list[str] | None = None) -> int:
             paced = []
             for d in debounces:
                 print(f"typing at {args.cps:g} chars/s with debounce {d} ms ...", file=sys.stderr, flush=True)
-                paced.append(paced_replay(cfg, d, args.cps, args.ask, args.jitter, args.seed))
+                paced.append(paced_replay(cfg, d, args.cps, args.ask, args.jitter, args.seed, args.cancel))
             print(paced_report(cfg, paced, args.cps, args.ask, args.jitter))
             if args.json:
                 args.json.write_text(
                     json.dumps(
-                        {
-                            str(r.debounce_ms): {
+                        [  # one entry per run, in order (a debounce value may be repeated)
+                            {
+                                "debounce_ms": r.debounce_ms,
+                                "client_cancels": r.cancel,
                                 "keystrokes": r.keystrokes,
                                 "requests": r.requests,
                                 "counters": r.counters,
                                 "latencies_ms": r.latencies_ms,
                             }
                             for r in paced
-                        }
+                        ]
                     )
                 )
             return 0

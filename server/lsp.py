@@ -162,7 +162,9 @@ class KaffeeLanguageServer(LanguageServer):
         self.engine_error: str | None = None
         self._engine_key: tuple[str, str] | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaffee-model")
-        self._inflight: dict[tuple[str, str], _Request] = {}
+        self._inflight: dict[tuple[str, str], _Request] = {}  # the newest request per (uri, kind)
+        self._submitted: set[_Request] = set()  # work on the model thread (running or queued), until it ends
+        self.model_busy_s = 0.0  # time the model thread spent on request jobs (kaffee/counters' modelMs)
         self.counters: collections.Counter[str] = collections.Counter()  # answered by kaffee/counters
         self.encoding = "utf-16"
         self.shutting_down = False
@@ -479,9 +481,7 @@ class KaffeeLanguageServer(LanguageServer):
             log.warning("didChange for unknown document %s ignored", uri)
             return
         doc = self.documents.get(uri)
-        running = [
-            r for r in (self._inflight.get((uri, k)) for k in ("completion", "inline")) if r is not None
-        ]
+        running = self._work_of(uri)
         for change in params.content_changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 r = change.range
@@ -501,7 +501,7 @@ class KaffeeLanguageServer(LanguageServer):
                 doc.apply_change(change.text)
         doc.version = params.text_document.version
         for rec in running:
-            rec.supersede(keep=self.settings.debounce_ms > 0)  # its answer is stale now
+            rec.supersede(keep=self._keeps(rec))  # its answer is stale now
         if self.engine is not None:
             self.engine.update_document(uri, doc.text)
 
@@ -539,6 +539,8 @@ class KaffeeLanguageServer(LanguageServer):
         threading.Thread(target=apply, name="kaffee-watch", daemon=True).start()
 
     def on_close(self, params: types.DidCloseTextDocumentParams) -> None:
+        for rec in self._work_of(params.text_document.uri):
+            rec.supersede(keep=False)
         self.documents.close(params.text_document.uri)
         if self.engine is not None:
             self.engine.remove_document(params.text_document.uri)
@@ -561,46 +563,66 @@ class KaffeeLanguageServer(LanguageServer):
     async def run_model(self, uri: str, kind: str, job, offset: int | None = None):
         """Run ``job(cancel_event)`` on the model thread; a newer request of the same kind supersedes it.
 
-        Debounce (``debounceMs``), which never delays a request while the model is idle: a
-        request that comes while the model still works on the previous request of its
-        document (the user types faster than the model answers) waits for that work, up to
-        ``debounceMs``, and is answered cancelled without reaching the model if a newer
-        request or an edit supersedes it meanwhile. When the user only typed on at the
-        previous request's cursor (``offset``), that work is not thrown away: it finishes
-        (its answer is stale and the client gets "cancelled") and leaves its suggestion and
-        KV cache to the waiting request, which the engine then answers from the suggestion
-        when the typed characters begin it, or with a warm cache. Any other
-        edit, a wait past ``debounceMs`` and ``$/cancelRequest`` stop work between decode steps.
+        Debounce (``debounceMs``), which never delays a request while the model is idle: an
+        inline request that comes while the model still works on the previous inline request
+        of its document, after the user only typed on at that request's cursor (``offset``),
+        lets that work finish instead of throwing it away (its answer is stale: the client
+        gets "cancelled"; its suggestion and KV cache are left for what comes next) and waits
+        for it, up to ``debounceMs``; superseded meanwhile, it is answered cancelled without
+        reaching the model, otherwise the engine answers it from the kept suggestion when
+        the typed characters begin it, or decodes on a warm cache. Any other edit, a request
+        at another cursor, of another kind or document, didClose, a wait past ``debounceMs``
+        and ``$/cancelRequest`` of work nobody waits for stop work between decode steps.
         """
         key = (uri, kind)
         self.counters["requests"] += 1
         wait = self.settings.debounce_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        rec = _Request(key, threading.Event(), offset)
         older = self._inflight.get(key)
-        rec = _Request(threading.Event(), offset)
         self._inflight[key] = rec
         if older is not None:
-            older.supersede(keep=wait > 0)
-        work = older  # the model work in flight before this request: the older one's, or what it waited on
-        while work is not None and work.future is None:
-            work = work.waits_on
+            older.supersede(keep=self._keeps(older, offset))
+        work = None  # kept work of the previous request of this document and kind, still running
+        for other in list(self._submitted):
+            if other.key != key:
+                if other.stale:  # kept for a request of its own kind and document that did not come
+                    other.supersede(keep=False)
+            elif other is not older:  # its request is gone (cancelled by the client): this one decides
+                other.supersede(keep=self._keeps(other, offset))
+            if other.key == key and other.kept and other.future is not None and not other.future.done():
+                work = other
         try:
-            if work is not None and work.kept and work.future is not None and not work.future.done():
+            if work is not None:
                 self.counters["debounce_waits"] += 1
                 rec.waits_on = work
-                done, _ = await asyncio.wait([asyncio.wrap_future(work.future)], timeout=wait)
+                kept = asyncio.wrap_future(work.future, loop=loop)
+                kept.add_done_callback(_retrieve)  # its outcome is the stale request's, not this one's
+                done, _ = await asyncio.wait([kept], timeout=wait)
                 if not done:  # the older work takes too long: stop it, this request goes on
                     work.cancel.set()
                 if rec.stale:
                     self.counters["debounced"] += 1
                     raise JsonRpcRequestCancelled("superseded by a newer request or an edit while debounced")
-            rec.future = self._worker.submit(job, rec.cancel)
-            result = await asyncio.wrap_future(rec.future)
+            try:
+                rec.future = self._worker.submit(self._timed, job, rec.cancel)
+            except RuntimeError as exc:  # the worker was shut down
+                raise JsonRpcRequestCancelled(f"the server is shutting down ({exc})") from exc
+            self._submitted.add(rec)
+            rec.future.add_done_callback(lambda _f: _call_soon(loop, self._submitted.discard, rec))
+            result = await asyncio.wrap_future(rec.future, loop=loop)
         except asyncio.CancelledError:
-            if not rec.kept:  # $/cancelRequest: stop the decode loop too, unless a newer request waits on it
+            if (
+                not rec.kept
+            ):  # $/cancelRequest: stop the decode loop too, unless it is kept for the next request
                 rec.cancel.set()
             raise
-        except RuntimeError as exc:  # the worker was shut down
-            raise JsonRpcRequestCancelled(f"the server is shutting down ({exc})") from exc
+        except JsonRpcRequestCancelled:
+            raise
+        except Exception:
+            if rec.stale:  # nobody wants this answer any more, an error included
+                raise JsonRpcRequestCancelled("superseded by a newer request or an edit") from None
+            raise
         finally:
             if self._inflight.get(key) is rec:
                 del self._inflight[key]
@@ -614,20 +636,40 @@ class KaffeeLanguageServer(LanguageServer):
             raise JsonRpcRequestCancelled("superseded by a newer request or an edit")
         return result
 
+    def _keeps(self, rec: _Request, offset: int | None = None) -> bool:
+        """Whether superseded work is worth finishing: inline work, debounce on, and (for a
+        new request) the new cursor where the typing left the old one's."""
+        same_cursor = offset is None or offset == rec.offset
+        return self.settings.debounce_ms > 0 and rec.key[1] == "inline" and same_cursor
+
+    def _work_of(self, uri: str) -> list[_Request]:
+        """The document's requests in flight and the work still running for it, once each."""
+        recs = [r for r in (self._inflight.get((uri, k)) for k in ("completion", "inline")) if r is not None]
+        return recs + [r for r in list(self._submitted) if r.key[0] == uri and r not in recs]
+
+    def _timed(self, job, cancel: threading.Event):
+        """``job(cancel)`` on the model thread, its time added to ``model_busy_s`` (kaffee/counters' modelMs)."""
+        t0 = time.perf_counter()
+        try:
+            return job(cancel)
+        finally:
+            self.model_busy_s += time.perf_counter() - t0
+
     def deadline(self) -> float:
         return time.monotonic() + self.settings.deadline_ms / 1000.0
 
     def shutdown_work(self) -> None:
         self.shutting_down = True
-        for rec in list(self._inflight.values()):
+        for rec in [*self._inflight.values(), *list(self._submitted)]:
             rec.cancel.set()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
-    """A request's model work in flight, for supersession and the debounce."""
+    """A request's model work, for supersession and the debounce (compared by identity)."""
 
+    key: tuple[str, str]  # (document URI, "inline" | "completion")
     cancel: threading.Event  # set: the decode loop stops at its next step
     offset: int | None  # the cursor (characters into the document); typing there keeps the work
     stale: bool = False  # a newer request or an edit came: the answer is not wanted any more
@@ -638,7 +680,7 @@ class _Request:
 
     def typed_on(self, start: int, end: int, text: str) -> None:
         """Note an edit replacing characters ``start:end`` with ``text`` (end -1: the whole text)."""
-        if self.offset is None or start != end or start != self.offset or "\n" in text:
+        if self.offset is None or start != end or start != self.offset or "\n" in text or "\r" in text:
             self._typed_on = False
         else:
             self.offset += len(text)
@@ -652,7 +694,21 @@ class _Request:
             self.kept = False
             self.cancel.set()
             if self.waits_on is not None:  # nobody is left to use the older work either
-                self.waits_on.cancel.set()
+                self.waits_on.supersede(keep=False)
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    """Read a finished future's exception so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """``fn(*args)`` on the event loop, from the model thread; nothing once the loop has closed."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 # -- formatting answers ---------------------------------------------------------------------------
@@ -783,6 +839,7 @@ def build_server(
     def counters(ls: KaffeeLanguageServer, params: Any) -> dict[str, int]:
         """Requests seen, debounced and superseded, ``modelCalls`` (engine calls that ran the model),
         ``reusedAnswers`` (engine calls answered from the previous suggestion, no model),
+        ``modelMs`` (time the model thread spent on request jobs),
         and with a backend how its calls went (``remoteAnswered``, ``remoteFallbacks``, …)."""
         engine = ls.engine
         backend = getattr(engine, "remote", None)
@@ -799,7 +856,8 @@ def build_server(
         )
         calls = engine.stats.requests - engine.stats.reused if engine is not None else 0
         reused = engine.stats.reused if engine is not None else 0
-        return {**ls.counters, "modelCalls": calls, "reusedAnswers": reused, **extra}
+        busy = round(ls.model_busy_s * 1000)
+        return {**ls.counters, "modelCalls": calls, "reusedAnswers": reused, "modelMs": busy, **extra}
 
     @server.command(ACCEPT_COMMAND)
     def accepted(ls: KaffeeLanguageServer, *args: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from kaffee.server.lsp import KaffeeLanguageServer
+from kaffee.server.settings import ServerSettings
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 from pytest_lsp import LanguageClient
@@ -197,7 +198,7 @@ async def test_client_cancel_of_kept_work_lets_it_finish_for_the_next_request(ls
     assert jobs.ran == ["a", "b"]
 
 
-async def test_client_cancel_of_the_waiting_request_stops_the_kept_work(ls) -> None:
+async def test_an_edit_elsewhere_stops_the_kept_work_and_drops_the_waiting_request(ls) -> None:
     """Nobody is left to use the older work once the request waiting on it is superseded by an edit."""
     jobs = Jobs()
     a, b = await typed_on_while_running(ls, jobs)
@@ -206,6 +207,136 @@ async def test_client_cancel_of_the_waiting_request_stops_the_kept_work(ls) -> N
     answers = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), TIMEOUT)
     assert all(isinstance(x, JsonRpcRequestCancelled) for x in answers), answers
     assert jobs.ran == ["a"]
+
+
+async def test_kept_work_whose_request_the_client_cancelled_is_still_bounded(ls) -> None:
+    """VS Code cancels the stale request before it asks again: the next request still waits
+    at most debounceMs for the kept work, then stops it."""
+    ls.settings = replace(ls.settings, debounce_ms=50)
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))  # never released
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    a.cancel()  # $/cancelRequest before the next request
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert not jobs.cancels["a"].is_set()  # kept for what comes next
+    assert await asyncio.wait_for(request(ls, jobs.job("b", block=False), CURSOR + 1), TIMEOUT) == "b"
+    assert jobs.cancels["a"].is_set() and ls.counters["debounce_waits"] == 1
+
+
+async def test_kept_work_whose_request_is_gone_stops_on_enter(ls) -> None:
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    edit(ls, CURSOR + 1, "\n", version=3)
+    assert jobs.cancels["a"].is_set()
+
+
+async def test_client_cancel_of_the_waiting_request_leaves_the_work_for_the_next(ls) -> None:
+    jobs = Jobs()
+    a, b = await typed_on_while_running(ls, jobs)
+    b.cancel()  # $/cancelRequest of the waiting request
+    edit(ls, CURSOR + 1, "y", version=3)  # typed on again
+    c = request(ls, jobs.job("c", block=False), CURSOR + 2)
+    await asyncio.sleep(0)
+    assert not jobs.cancels["a"].is_set()
+    jobs.release["a"].set()
+    assert await asyncio.wait_for(c, TIMEOUT) == "c"
+    assert jobs.ran == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param((URI, "completion", CURSOR + 1), id="the other kind"),
+        pytest.param(("file:///tmp/kaffee-debounce/Y.java", "inline", 0), id="another document"),
+    ],
+)
+async def test_a_request_for_something_else_stops_kept_work(ls, other) -> None:
+    """Kept work is for the next inline request of its document; anything else would queue behind it."""
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    uri, kind, offset = other
+    b = asyncio.ensure_future(ls.run_model(uri, kind, jobs.job("b", block=False), offset))
+    assert await asyncio.wait_for(b, TIMEOUT) == "b"
+    assert jobs.cancels["a"].is_set() and ls.counters["debounce_waits"] == 0
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+
+
+async def test_a_request_at_another_cursor_stops_the_work(ls) -> None:
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    assert await request(ls, jobs.job("b", block=False), 3) == "b"  # a click elsewhere, no edit
+    assert jobs.cancels["a"].is_set() and ls.counters["debounce_waits"] == 0
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+
+
+async def test_completion_work_is_never_kept(ls) -> None:
+    """A completion list filters on the client as the user types: no new request would use the work."""
+    jobs = Jobs()
+    a = asyncio.ensure_future(ls.run_model(URI, "completion", jobs.job("a"), CURSOR))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    assert jobs.cancels["a"].is_set()
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+
+
+async def test_did_close_stops_kept_work(ls) -> None:
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    assert not jobs.cancels["a"].is_set()
+    ls.on_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(URI)))
+    assert jobs.cancels["a"].is_set()
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(a, TIMEOUT)
+
+
+async def test_an_error_in_kept_work_answers_the_stale_request_cancelled(ls) -> None:
+    jobs = Jobs()
+    release = threading.Event()
+    jobs.started["a"] = threading.Event()
+
+    def failing(cancel: threading.Event) -> str:
+        jobs.started["a"].set()
+        release.wait(TIMEOUT)
+        raise ValueError("the model broke")
+
+    a = request(ls, failing)
+    await started(jobs, "a")
+    edit(ls, CURSOR, "x")
+    b = request(ls, jobs.job("b", block=False), CURSOR + 1)
+    await asyncio.sleep(0)
+    release.set()
+    answers = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), TIMEOUT)
+    assert isinstance(answers[0], JsonRpcRequestCancelled), answers
+    assert answers[1] == "b"
+
+
+async def test_a_cleared_device_setting_takes_the_command_lines(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    server = KaffeeLanguageServer(device="auto")
+    try:
+        server.apply_settings({"device": "cpu", "debounceMs": 0}, initial=True)
+        assert server.settings.device == "cpu"
+        server.apply_settings({"device": None, "debounceMs": None}, initial=True)
+        assert (
+            server.settings.device == "auto" and server.settings.debounce_ms == ServerSettings().debounce_ms
+        )
+    finally:
+        server.shutdown_work()
 
 
 # -- end to end: the counters through the real server -------------------------------------------------
@@ -253,4 +384,5 @@ async def test_counters_end_to_end(client: LanguageClient) -> None:
     assert after["requests"] - before.get("requests", 0) == 1
     assert after["modelCalls"] - before["modelCalls"] == 1
     assert after.get("debounce_waits", 0) == before.get("debounce_waits", 0)  # the model was idle
-    assert "reusedAnswers" in after
+    assert after["modelMs"] > before.get("modelMs", 0)  # the model thread's time is counted
+    assert after["reusedAnswers"] == before.get("reusedAnswers", 0)  # a fresh position: no reuse
