@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -168,8 +167,7 @@ def test_changed_training_data_is_not_continued(corpus, tmp_path, monkeypatch, c
         f.write(
             json.dumps({"text": "class Extra { int x; }", "project": "p", "path": "src/Extra.java"}) + "\n"
         )
-    # the token cache is keyed by the corpus path, not its content: gone, as after a clean-up
-    shutil.rmtree(tmp_path / ".m.data-cache")
+    # no clean-up needed: the token cache is keyed by the corpus file's size and time too
     capsys.readouterr()
     rc, _ = kaffee(train_args(data, out))
     assert rc == 1 and "training data changed" in capsys.readouterr().err and saved_step(out) == 2

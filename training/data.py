@@ -316,9 +316,11 @@ def cached_token_stream(
     Stored as uint16 when the vocabulary fits (half the bytes of int32) and returned
     memory-mapped, so a large stream is paged in as blocks are read, not held in RAM.
     """
+    st = source.stat()  # a rebuilt corpus or a regenerated export at the same path is other data
     key = json.dumps(
         [
             str(source.resolve()),
+            [st.st_ino, st.st_size, st.st_mtime_ns],
             split,
             hashlib.sha256(Path(tok_path).read_bytes()).hexdigest(),
             cfg.fim_rate if fim else 0,
