@@ -25,9 +25,9 @@ import numpy as np
 from kaffee.errors import KaffeeError
 
 # Default --app-weight: the bundled model's line exact match fell from 49 % on its own test split to
-# 36 % on applications, and applications are a few per cent of the Debian text; 2 doubles their share
-# of a sample that is a fraction of the split without repeating a file (docs/architecture.md, "The
-# full corpus", has the shares measured for W = 1, 2, 3, 4).
+# 36 % on applications, which are 6 % of the full corpus's train text; at the bundled model's sample
+# size (420 M characters) 2 raises that to 9 % without repeating a file, and higher weights add less
+# (docs/architecture.md, "The full corpus", has the shares measured for W = 1, 2, 3, 4).
 DEFAULT_APP_WEIGHT = 2.0
 
 
