@@ -612,10 +612,10 @@ class KaffeeLanguageServer(LanguageServer):
             rec.future.add_done_callback(lambda _f: _call_soon(loop, self._submitted.discard, rec))
             result = await asyncio.wrap_future(rec.future, loop=loop)
         except asyncio.CancelledError:
-            if (
-                not rec.kept
-            ):  # $/cancelRequest: stop the decode loop too, unless it is kept for the next request
-                rec.cancel.set()
+            # $/cancelRequest: the answer is not wanted. Editors cancel the request a keystroke made stale,
+            # before or after its didChange, so inline work goes on (kept) until an edit or request shows
+            # whether it can serve the next request; anything else stops between decode steps.
+            rec.supersede(keep=self._keeps(rec))
             raise
         except JsonRpcRequestCancelled:
             raise

@@ -225,6 +225,29 @@ async def test_kept_work_whose_request_the_client_cancelled_is_still_bounded(ls)
     assert jobs.cancels["a"].is_set() and ls.counters["debounce_waits"] == 1
 
 
+@pytest.mark.parametrize("then", ["type on", "type elsewhere"])
+async def test_a_client_cancel_before_the_edit_keeps_the_work_until_the_edit_decides(ls, then) -> None:
+    """Some editors send $/cancelRequest for the stale request before its didChange."""
+    jobs = Jobs()
+    a = request(ls, jobs.job("a"))
+    await started(jobs, "a")
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert not jobs.cancels["a"].is_set()
+    if then == "type elsewhere":
+        edit(ls, 3, "y")
+        assert jobs.cancels["a"].is_set()
+        return
+    edit(ls, CURSOR, "x")
+    b = request(ls, jobs.job("b", block=False), CURSOR + 1)
+    await asyncio.sleep(0)
+    assert not jobs.cancels["a"].is_set()
+    jobs.release["a"].set()
+    assert await asyncio.wait_for(b, TIMEOUT) == "b"
+    assert jobs.ran == ["a", "b"] and ls.counters["debounce_waits"] == 1
+
+
 async def test_kept_work_whose_request_is_gone_stops_on_enter(ls) -> None:
     jobs = Jobs()
     a = request(ls, jobs.job("a"))
