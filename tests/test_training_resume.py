@@ -10,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_tiny_model_dir
 from java_samples import training_texts
@@ -359,3 +360,28 @@ def test_two_runs_sharing_a_data_cache_tokenise_once(corpus, tmp_path, monkeypat
     assert not (tmp_path / ".gpt.data-cache").exists() and not (tmp_path / ".lstm.data-cache").exists()
     rc, _ = kaffee(train_args(corpus, tmp_path / "nofim", "--data-cache", str(cache), "--fim-rate", "0"))
     assert rc == 0 and sorted(calls) == ["train", "train", "valid"]  # other data: its own entry
+
+
+def test_a_regenerated_valid_export_is_encoded_again(corpus, tmp_path, tiny_tokenizer):
+    """The cache key of the valid split follows the valid file, not the train file it sits beside."""
+    from kaffee.training.data import DataConfig, cached_token_stream
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in ("train.jsonl", "valid.jsonl"):
+        (data / f).write_bytes((corpus / f).read_bytes())
+    tok_path = corpus / "tokenizer.json"
+    cfg = DataConfig(fim_rate=0.0)
+    before = np.asarray(
+        cached_token_stream(
+            data / "train.jsonl", "valid", tiny_tokenizer, tok_path, cfg, False, tmp_path / "c"
+        )
+    )
+    row = {"text": "class Other { long y; }", "project": "q", "path": "src/Other.java"}
+    (data / "valid.jsonl").write_text(json.dumps(row) + "\n")
+    after = np.asarray(
+        cached_token_stream(
+            data / "train.jsonl", "valid", tiny_tokenizer, tok_path, cfg, False, tmp_path / "c"
+        )
+    )
+    assert not np.array_equal(before, after)

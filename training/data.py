@@ -277,18 +277,24 @@ def _encode_chunk(tok: KaffeeTokenizer, chunk: tuple[int, list], job: tuple) -> 
     return np.asarray(out, dtype=np.int32)
 
 
+def split_source(source: Path, split: str) -> Path:
+    """Where ``split`` is read from: a corpus directory itself, or the export file of that split
+    next to ``source`` (exports are named like train.jsonl.xz / valid.jsonl.xz)."""
+    if not source.is_file() or split in source.name:
+        return source
+    sibling = source.with_name(source.name.replace("train", split))
+    if not sibling.is_file():
+        raise KaffeeError(f"no {split} file next to {source} (expected {sibling.name})")
+    return sibling
+
+
 def token_stream(
     source: Path, split: str, tok: KaffeeTokenizer, tok_path: Path, cfg: DataConfig, fim: bool
 ) -> np.ndarray:
     """All documents of ``split`` as one int32 array, each ended by end-of-file."""
     fim_rate = cfg.fim_rate if fim else 0.0
+    source = split_source(source, split)
     if source.is_file():
-        name = source.name
-        if split not in name:  # export files are named like train.jsonl.xz / valid.jsonl.xz
-            sibling = source.with_name(name.replace("train", split))
-            if not sibling.is_file():
-                raise KaffeeError(f"no {split} file next to {source} (expected {sibling.name})")
-            source = sibling
         return _jsonl_stream(source, tok, tok_path, cfg, fim_rate)
     from kaffee.data.corpus import load_corpus, split_of
 
@@ -316,7 +322,7 @@ def cached_token_stream(
     Stored as uint16 when the vocabulary fits (half the bytes of int32) and returned
     memory-mapped, so a large stream is paged in as blocks are read, not held in RAM.
     """
-    st = source.stat()  # a rebuilt corpus or a regenerated export at the same path is other data
+    st = split_source(source, split).stat()  # a rebuilt corpus or regenerated export at one path: other data
     key = json.dumps(
         [
             str(source.resolve()),
