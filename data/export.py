@@ -9,14 +9,21 @@ With ``--seed`` the files are drawn in a seeded random order until ``--max-bytes
 reached, and a file of an application project (IDEs, games, GUI and web applications,
 tools: ``recipe_tools.app_packages``, by Debian section) is drawn ``--app-weight`` times as
 likely as a library's. What was drawn (files, characters, the applications' share) is
-printed and written beside ``--out`` as ``OUT.json``.
+printed and written beside ``--out`` as ``OUT.json``, with what it was drawn from (the corpus's
+path and a SHA-256 of its ``stats.json``, a SHA-256 of the application names) so that a later
+run can tell whether an existing export came from the same data. ``--dry-run`` draws the
+sample and prints that record without writing anything (no ``--out`` needed):
+
+    python -m kaffee.data.export runs/corpus-all --split train --max-bytes 420000000 --seed 0 --app-weight 3 --dry-run
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import lzma
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,8 +57,8 @@ def draw_order(is_app: np.ndarray, seed: int, app_weight: float = 1.0) -> np.nda
     ``app_weight`` 1 is exactly that shuffle, and within applications and within libraries the
     order never changes with the weight (only how the two interleave).
     """
-    if app_weight <= 0:
-        raise KaffeeError(f"--app-weight must be positive, not {app_weight}")
+    if not (math.isfinite(app_weight) and app_weight > 0):
+        raise KaffeeError(f"--app-weight must be positive and finite, not {app_weight}")
     n = len(is_app)
     perm = np.random.default_rng(seed).permutation(n)  # what datasets' shuffle(seed=seed) uses
     pos = np.empty(n, dtype=np.int64)
@@ -85,11 +92,35 @@ def _text_lengths(ds) -> np.ndarray:  # noqa: ANN001 (datasets.Dataset)
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def export_split(corpus: Path, out: Path, cfg: ExportConfig, apps: Collection[str] | None = None) -> dict:
+def source_fields(corpus: Path, apps: Collection[str]) -> dict[str, str | None]:
+    """What an export was drawn from: the corpus's path, SHA-256s of its ``stats.json`` and of the app names.
+
+    ``corpus_stats_sha256`` is None when the corpus has no ``stats.json``; ``apps_sha256`` hashes
+    the sorted names joined by newlines (UTF-8).
+    """
+    stats = corpus / "stats.json"
+    return {
+        "corpus": str(corpus.resolve()),
+        "corpus_stats_sha256": hashlib.sha256(stats.read_bytes()).hexdigest() if stats.is_file() else None,
+        "apps_sha256": hashlib.sha256("\n".join(sorted(apps)).encode("utf-8")).hexdigest(),
+    }
+
+
+def export_split(
+    corpus: Path,
+    out: Path | None,
+    cfg: ExportConfig,
+    apps: Collection[str] | None = None,
+    dry_run: bool = False,
+) -> dict:
     """Write ``cfg.split`` of ``corpus`` to ``out`` (and what was drawn to ``OUT.json``); return that record.
 
     ``apps``: the application project names (default: ``recipe_tools.app_packages()``).
+    ``dry_run``: draw the sample and return its record (without ``compressed_bytes``), writing nothing;
+    ``out`` may then be None.
     """
+    if out is None and not dry_run:
+        raise KaffeeError("an export needs an output file (or a dry run)")
     from kaffee.data.corpus import load_corpus, split_of
 
     if apps is None:
@@ -103,20 +134,23 @@ def export_split(corpus: Path, out: Path, cfg: ExportConfig, apps: Collection[st
     weight = cfg.app_weight if cfg.seed is not None else 1.0
     order = np.arange(len(ds)) if cfg.seed is None else draw_order(is_app, cfg.seed, weight)
     chosen = take_until(order, lengths, cfg.max_bytes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with lzma.open(tmp, "wt", encoding="utf-8", preset=cfg.preset) as f:
-        for batch in ds.select(chosen).iter(batch_size=1024):
-            for text, project, path in zip(batch["text"], batch["project"], batch["path"], strict=True):
-                f.write(json.dumps({"text": text, "project": project, "path": path}) + "\n")
-    tmp.replace(out)
+    if not dry_run:
+        assert out is not None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with lzma.open(tmp, "wt", encoding="utf-8", preset=cfg.preset) as f:
+            for batch in ds.select(chosen).iter(batch_size=1024):
+                for text, project, path in zip(batch["text"], batch["project"], batch["path"], strict=True):
+                    f.write(json.dumps({"text": text, "project": project, "path": path}) + "\n")
+        tmp.replace(out)
     chars, app_chars = int(lengths[chosen].sum()), int(lengths[chosen][is_app[chosen]].sum())
     record = {
         "split": cfg.split,
+        **source_fields(corpus, apps),
         "files": len(chosen),
         "chars": chars,
-        "out": str(out),
-        "compressed_bytes": out.stat().st_size,
+        "out": None if out is None else str(out),
+        **({"dry_run": True} if dry_run else {"compressed_bytes": out.stat().st_size}),
         **{k: v for k, v in asdict(cfg).items() if k in ("max_bytes", "seed")},
         "app_weight": weight,
         "app_projects": len({projects[i] for i in chosen if is_app[i]}),
@@ -125,8 +159,9 @@ def export_split(corpus: Path, out: Path, cfg: ExportConfig, apps: Collection[st
         "app_share": round(app_chars / chars, 4) if chars else 0.0,
         "app_share_of_split": round(int(lengths[is_app].sum()) / max(1, int(lengths.sum())), 4),
     }
-    sidecar = out.with_name(out.name + ".json")
-    sidecar.write_text(json.dumps(record, indent=1) + "\n")
+    if not dry_run:
+        sidecar = out.with_name(out.name + ".json")
+        sidecar.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -134,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--split", default="train")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="the .jsonl.xz to write (not with --dry-run)")
     ap.add_argument("--max-bytes", type=int, default=None, help="stop after this many characters of text")
     ap.add_argument("--seed", type=int, default=None, help="draw files in a seeded random order")
     ap.add_argument(
@@ -144,15 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         help=f"with --seed: draw an application project's file this many times as likely as a library's "
         f"(default {DEFAULT_APP_WEIGHT}; 1 = unweighted, the sample of exports before this option)",
     )
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="draw the sample and print its record (files, characters, application shares); write nothing",
+    )
     args = ap.parse_args(argv)
+    if args.out is None and not args.dry_run:
+        ap.error("--out is required (or --dry-run)")
     if args.app_weight is not None and args.seed is None:
         ap.error("--app-weight weights the seeded sample: pass --seed too")
-    if args.app_weight is not None and args.app_weight <= 0:
-        ap.error("--app-weight must be positive")
+    if args.app_weight is not None and not (math.isfinite(args.app_weight) and args.app_weight > 0):
+        ap.error("--app-weight must be positive and finite")
     weight = DEFAULT_APP_WEIGHT if args.app_weight is None else args.app_weight
     cfg = ExportConfig(args.split, args.max_bytes, args.seed, weight)
     try:
-        print(json.dumps(export_split(args.corpus, args.out, cfg)))
+        print(json.dumps(export_split(args.corpus, args.out, cfg, dry_run=args.dry_run)))
     except KaffeeError as exc:
         print(f"error: {exc}")
         return 1

@@ -10,8 +10,9 @@ import datasets
 import numpy as np
 import pytest
 from kaffee.data import recipe_tools
-from kaffee.data.export import ExportConfig, app_mask, draw_order, export_split, main
+from kaffee.data.export import ExportConfig, app_mask, draw_order, export_split, main, source_fields
 from kaffee.data.recipe_tools import Outcome
+from kaffee.errors import KaffeeError
 
 APPS = {"editor", "game"}
 
@@ -136,3 +137,60 @@ def test_app_packages_come_from_the_outcome_log(tmp_path: Path) -> None:
     assert {"josm", "jedit", "plantuml"} <= shipped and "guava-libraries" not in shipped
     projects = ["josm", "java/openjdk-17-demo", "openjdk-src/java.base", "guava-libraries"]
     assert app_mask(projects, shipped).tolist() == [True, False, False, False]
+
+
+def test_record_names_its_source_and_changes_with_the_corpus_stats(corpus: Path, tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    cfg = ExportConfig(max_bytes=2000, seed=0, app_weight=2.0)
+    rec = export_split(corpus, tmp_path / "a.jsonl.xz", cfg, apps=APPS)
+    assert rec["split"] == "train" and rec["corpus"] == str(corpus.resolve())
+    assert rec["corpus_stats_sha256"] == hashlib.sha256((corpus / "stats.json").read_bytes()).hexdigest()
+    assert rec["apps_sha256"] == hashlib.sha256(b"editor\ngame").hexdigest()
+    assert json.loads((tmp_path / "a.jsonl.xz.json").read_text()) == rec  # in the sidecar too
+
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus, copy)
+    same = export_split(copy, tmp_path / "b.jsonl.xz", cfg, apps=APPS)
+    assert same["corpus_stats_sha256"] == rec["corpus_stats_sha256"] and same["corpus"] != rec["corpus"]
+    (copy / "stats.json").write_text(json.dumps({"files_kept": 999}))
+    changed = export_split(copy, tmp_path / "c.jsonl.xz", cfg, apps=APPS)
+    assert changed["corpus_stats_sha256"] != rec["corpus_stats_sha256"]
+    other_apps = export_split(copy, tmp_path / "d.jsonl.xz", cfg, apps={"editor"})
+    assert other_apps["apps_sha256"] != rec["apps_sha256"]
+    (copy / "stats.json").unlink()  # load_corpus refuses such a directory; the record would say None
+    assert source_fields(copy, APPS)["corpus_stats_sha256"] is None
+
+
+def test_non_finite_weights_are_refused(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "t.jsonl.xz"
+    for bad in ("nan", "inf", "-inf", "0"):
+        with pytest.raises(SystemExit):
+            main([str(corpus), "--out", str(out), "--seed", "0", f"--app-weight={bad}"])
+        assert "--app-weight must be positive and finite" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(KaffeeError, match="finite"):
+        draw_order(np.zeros(3, dtype=bool), seed=0, app_weight=float("nan"))
+
+
+def test_dry_run_prints_the_record_and_writes_nothing(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recipe_tools, "app_packages", lambda log_path=None: frozenset(APPS))
+    args = [str(corpus), "--max-bytes", "2500", "--seed", "0", "--app-weight", "3"]
+    assert main([*args, "--dry-run"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert dry["dry_run"] is True and dry["out"] is None and "compressed_bytes" not in dry
+    assert list(tmp_path.iterdir()) == []
+    out = tmp_path / "t.jsonl.xz"
+    assert main([*args, "--out", str(out)]) == 0
+    real = json.loads(capsys.readouterr().out)
+    drop = ("out", "dry_run", "compressed_bytes")
+    assert {k: v for k, v in dry.items() if k not in drop} == {k: v for k, v in real.items() if k not in drop}
+    assert dry["app_share"] > 0 and dry["files"] == len(_rows(out))
+    with pytest.raises(SystemExit):
+        main(args)  # neither --out nor --dry-run
+    assert "--out is required" in capsys.readouterr().err
