@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# One GPU job (see README "Train the default model"): throughput benchmark, then the default
-# `gpt base` model and an LSTM baseline trained on the carried corpus export.
+# One GPU job (README "How the default model was made"): throughput benchmark, tokenising once,
+# then the default `gpt base` model and an LSTM baseline trained on the carried corpus export.
 #
-#   CARRY=runs/gpu-carry OUT=/some/dir GPT_MIN=4.5 LSTM_MIN=1 bench/gpu_default_model.sh
+#   CARRY=runs/gpu-carry OUT=/some/dir bench/gpu_default_model.sh
 #
-# CARRY holds train.jsonl.xz, valid.jsonl.xz and tokenizer.json (made by
-# `python -m kaffee.data.export` and `kaffee tokenizer train`). Everything the job writes
-# goes to $OUT as results.tar split into parts below 16 MiB (transfer limit).
+# CARRY holds train.jsonl.xz, valid.jsonl.xz and tokenizer.json (made by bench/gpu_carry.py).
+# Everything the job writes goes to $OUT as results.tar split into parts below 16 MiB
+# (transfer limit). The job keeps to JOB_S seconds in all (a device call is killed at 600 s,
+# and then nothing comes back): the training minutes are what is left after the benchmark and
+# the tokenising, less a reserve for the final evaluations, saving and packing.
 # The training text is laid out by repository with line-level FIM (kaffee train's defaults;
 # the exports carry project and path). tests/test_gpu_job.py runs this script on the CPU at
 # nano scale: PRESET=nano LSTM_PRESET=nano BATCH=2 BLOCK=64 LSTM_BLOCK=64 TPS=... NO_COMPILE=1.
 set -euo pipefail
 CARRY=${CARRY:-runs/gpu-carry}
 OUT=${OUT:?set OUT}
-GPT_MIN=${GPT_MIN:-4.5}        # wall-clock minutes for the gpt run (schedule sized from the benchmark)
-LSTM_MIN=${LSTM_MIN:-1}        # wall-clock minutes for the lstm baseline
+JOB_S=${JOB_S:-540}            # seconds the whole job may take (the device call's limit is 600)
+RESERVE_S=${RESERVE_S:-90}     # of them, kept for the final evaluations, saving and packing
+GPT_MIN=${GPT_MIN:-4.5}        # wall-clock minutes for the gpt run at most (less if the time left is less)
+LSTM_MIN=${LSTM_MIN:-1}        # wall-clock minutes for the lstm baseline at most
 PRESET=${PRESET:-base}         # gpt preset of the default model (size: bench/model_size.py, docs/architectures.md)
 LSTM_PRESET=${LSTM_PRESET:-small}
 LSTM_BLOCK=${LSTM_BLOCK:-}     # tokens per lstm block (default: its preset's)
@@ -68,21 +72,33 @@ fi
 cat "$WORK/res/throughput.txt"
 [ -n "${TPS:-}" ] || TPS=$(grep '^{' "$WORK/res/throughput.txt" | tail -1 | $PY -c "import json,sys; print(json.loads(sys.stdin.read())['tokens_per_s'])")
 
-# 2. gpt: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
+# 2. tokenise the training text once, into the cache both runs read (FIM rewriting: $NPROC processes)
+TRAIN_DATA=(--corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" --fim-rate 0.5 --line-fim-share 0.5
+            --num-proc "$NPROC" --data-cache "$WORK/cache")
+$PY -m kaffee train --family gpt --preset "$PRESET" "${TRAIN_DATA[@]}" --out "$WORK/gpt" --tokenize-only \
+  2>"$WORK/res/tokenize.log" | tee "$WORK/res/tokenize.json"
+# the minutes left: the gpt gets what the lstm and the reserve do not need, up to GPT_MIN
+GPT_MIN=$($PY -c "print(round(min($GPT_MIN, max(0.5, ($JOB_S - $SECONDS - $RESERVE_S - 60 * $LSTM_MIN) / 60)), 2))")
+echo "after ${SECONDS}s of $JOB_S: gpt gets $GPT_MIN min" | tee -a "$WORK/res/env.txt"
+
+# 3. gpt: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
 STEPS=$($PY -c "print(max(20, int($TPS * $GPT_MIN * 60 * 0.9 / ($BATCH * $BLOCK))))")
 WARMUP=$($PY -c "print(min(100, max(1, $STEPS // 10)))")
 echo "gpt: $STEPS steps at $TPS tokens/s" | tee -a "$WORK/res/env.txt"
-$PY -m kaffee train --family gpt --preset "$PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
+$PY -m kaffee train --family gpt --preset "$PRESET" "${TRAIN_DATA[@]}" \
   --out "$WORK/gpt" --max-steps "$STEPS" --max-minutes "$GPT_MIN" --batch-size "$BATCH" --block-size "$BLOCK" --lr 1.5e-3 \
-  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 --num-proc "$NPROC" \
-  --data-cache "$WORK/cache" $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
+  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 $COMPILE_FLAG 2>"$WORK/res/gpt.log" | tee "$WORK/res/gpt.json"
 
-# 3. lstm baseline on the same token stream (repository layout, line-level FIM; the shared --data-cache means
-#    the text is tokenised once, by the gpt run)
-$PY -m kaffee train --family lstm --preset "$LSTM_PRESET" --corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json" \
-  --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size "$BATCH" ${LSTM_BLOCK:+--block-size "$LSTM_BLOCK"} --lr 2e-3 \
-  --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --fim-rate 0.5 --line-fim-share 0.5 --no-compile --num-proc "$NPROC" --data-cache "$WORK/cache" \
-  2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
+# 4. lstm baseline on the same token stream (repository layout, line-level FIM; read from the shared cache)
+# (cut to the time left; skipped when that is under 0.2 minutes and less than asked)
+LSTM_MIN=$($PY -c "m = min($LSTM_MIN, ($JOB_S - $SECONDS - $RESERVE_S / 2) / 60); print(round(m, 2) if m >= min($LSTM_MIN, 0.2) else 0)")
+if [ "$LSTM_MIN" != "0" ]; then
+  $PY -m kaffee train --family lstm --preset "$LSTM_PRESET" "${TRAIN_DATA[@]}" \
+    --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size "$BATCH" ${LSTM_BLOCK:+--block-size "$LSTM_BLOCK"} --lr 2e-3 \
+    --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --no-compile 2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
+else
+  echo "lstm skipped: only $LSTM_MIN min left after ${SECONDS}s" | tee -a "$WORK/res/env.txt"
+fi
 
-# 4. ship weights (gpt int8, lstm fp16) without the optimizer state, in parts below 16 MiB
+# 5. ship weights (gpt int8, lstm fp16) without the optimizer state, in parts below 16 MiB
 echo "job done; packing results"

@@ -79,3 +79,35 @@ def test_gpu_job_runs_at_nano_scale_on_cpu(tmp_path, java_samples, tiny_tokenize
     assert lstm.family == "lstm" and lstm.meta["fim_rate"] == 0.5  # the gpt's stream, from the shared cache
     summary = json.loads((res / "gpt.json").read_text().strip().splitlines()[-1])
     assert summary["val_loss"] is not None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_job_keeps_to_its_time_budget(tmp_path, java_samples, tiny_tokenizer):
+    """With no time left after tokenising, the gpt still trains (half a minute at least, capped by
+    GPT_MIN) and the lstm is skipped rather than the call running past its limit."""
+    carry = _carry(tmp_path / "carry", java_samples, tiny_tokenizer)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "CARRY": str(carry),
+        "OUT": str(out),
+        "PY": sys.executable,
+        "PRESET": "nano",
+        "LSTM_PRESET": "nano",
+        "BATCH": "2",
+        "BLOCK": "64",
+        "TPS": "200",
+        "GPT_MIN": "0.1",
+        "NO_COMPILE": "1",
+        "JOB_S": "1",  # already spent when the job starts
+    }
+    r = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "gpt gets 0.1 min" in r.stdout and "lstm skipped" in r.stdout
+    res = tmp_path / "res"
+    parts = b"".join(p.read_bytes() for p in sorted(out.glob("results.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(parts)) as tar:
+        tar.extractall(res, filter="data")
+    assert checkpoint.load_model(res / "gpt").family == "gpt" and not (res / "lstm").exists()
+    assert json.loads((res / "tokenize.json").read_text().splitlines()[-1])["train_tokens"] > 0

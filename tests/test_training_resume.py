@@ -360,6 +360,13 @@ def test_two_runs_sharing_a_data_cache_tokenise_once(corpus, tmp_path, monkeypat
     assert not (tmp_path / ".gpt.data-cache").exists() and not (tmp_path / ".lstm.data-cache").exists()
     rc, _ = kaffee(train_args(corpus, tmp_path / "nofim", "--data-cache", str(cache), "--fim-rate", "0"))
     assert rc == 0 and sorted(calls) == ["train", "train", "valid"]  # other data: its own entry
+    # --tokenize-only fills the cache and writes no model; the run after it encodes nothing
+    fresh = tmp_path / "fresh"
+    rc, summary = kaffee(train_args(corpus, tmp_path / "t", "--data-cache", str(fresh), "--tokenize-only"))
+    assert rc == 0 and summary["train_tokens"] > 0 and not (tmp_path / "t").exists()
+    assert sorted(calls) == ["train", "train", "train", "valid", "valid"]
+    rc, _ = kaffee(train_args(corpus, tmp_path / "t", "--data-cache", str(fresh)))
+    assert rc == 0 and len(calls) == 5
 
 
 def test_a_regenerated_valid_export_is_encoded_again(corpus, tmp_path, tiny_tokenizer):

@@ -104,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not lay out the files of a project side by side (dependency order, path headers)",
     )
     t.add_argument(
+        "--tokenize-only",
+        action="store_true",
+        help="write the tokenised data to the cache (see --data-cache) and stop; a later run with the same "
+        "data options starts training at once",
+    )
+    t.add_argument(
         "--data-cache",
         type=Path,
         default=None,
@@ -180,7 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out,
         args.resume,
         args.force,
-        args.data_cache,
+        tokenize_only=args.tokenize_only,
+        data_cache=args.data_cache,
     )
     data_cfg = DataConfig(
         fim_rate=args.fim_rate,

@@ -9,6 +9,7 @@ import logging
 import platform
 import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class TrainJob:
     out: Path  # model directory to write
     resume: bool = False  # continue the run saved in `out`, even with changed loop settings
     force: bool = False  # start over even if `out` holds another or a finished run
+    tokenize_only: bool = False  # write the token cache (train and valid) and stop: no model, no run
     data_cache: Path | None = None  # token cache folder (None: .OUT.data-cache beside out); runs that share
     # one and read the same data the same way tokenise it once (entries are keyed by everything that changes them)
 
@@ -204,6 +206,18 @@ def run_train(job: TrainJob, cfg: TrainConfig, data_cfg: DataConfig, overrides: 
     meta = {"corpus": str(job.corpus), "preset": job.preset, "hardware": hardware(), **layout}
     data = {"corpus": str(job.corpus.resolve()), **layout, "max_docs": data_cfg.max_docs}
     spec = run_spec(job.family, model_cfg, tok, cfg, data)
+    if job.tokenize_only:  # e.g. the GPU job: tokenise first, then give training the time that is left
+        t0 = time.perf_counter()
+        train_stream = cached_token_stream(
+            job.corpus, "train", tok, tok_path, data_cfg, fam.neural, cache_dir
+        )
+        valid = _maybe_stream(job.corpus, "valid", tok, tok_path, data_cfg, cache_dir)
+        return {
+            "tokenized": str(cache_dir),
+            "train_tokens": len(train_stream),
+            "valid_tokens": 0 if valid is None else len(valid),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     resume = continue_run(job.out, spec, job.resume, job.force)
     valid = _maybe_stream(job.corpus, "valid", tok, tok_path, data_cfg, cache_dir)
     if not fam.neural:
@@ -239,7 +253,6 @@ def _maybe_stream(
 
 
 def _count_ngram(job: TrainJob, model_cfg, tok, tok_path, data_cfg, cache_dir, valid, meta) -> dict:
-    import time
 
     t0 = time.time()
     stream = cached_token_stream(job.corpus, "train", tok, tok_path, data_cfg, False, cache_dir)
