@@ -43,17 +43,51 @@ class CarryConfig:
     limit: int = TRAVEL_LIMIT  # bytes a call may send
 
 
+def _same_data(cfg: CarryConfig, split: str) -> dict:
+    """What an export's record must say for it to be this carry's: the corpus, its build, the apps."""
+    import hashlib
+
+    from kaffee.data.recipe_tools import app_packages
+
+    stats = cfg.corpus / "stats.json"
+    return {
+        "split": split,
+        "corpus": str(cfg.corpus.resolve()),
+        "corpus_stats_sha256": hashlib.sha256(stats.read_bytes()).hexdigest() if stats.is_file() else None,
+        "apps_sha256": hashlib.sha256("\n".join(sorted(app_packages())).encode()).hexdigest(),
+    }
+
+
 def _export(cfg: CarryConfig, split: str, chars: int, weight: float) -> dict:
     out = cfg.out / f"{split}.jsonl.xz"
     record = out.with_name(out.name + ".json")
-    want = {"max_bytes": chars, "seed": cfg.seed, "app_weight": weight}
+    want = {"max_bytes": chars, "seed": cfg.seed, "app_weight": weight, **_same_data(cfg, split)}
     if out.is_file() and record.is_file():
         old = json.loads(record.read_text())
-        if {k: old.get(k) for k in want} == want:
+        if {k: old.get(k) for k in want} == want and old.get("compressed_bytes") == out.stat().st_size:
             print(f"{split}: kept {out} ({old['files']} files, {old['chars']:,} characters)", file=sys.stderr)
             return old
     print(f"{split}: exporting {chars:,} characters from {cfg.corpus} ...", file=sys.stderr, flush=True)
     return export_split(cfg.corpus, out, ExportConfig(split, chars, cfg.seed, weight))
+
+
+def _check_paths(cfg: CarryConfig, repo: Path) -> None:
+    """Before any work: the carry must be a git-ignored folder of the checkout, the inputs must exist."""
+    out = cfg.out.resolve()
+    if not out.is_relative_to(repo.resolve()):
+        raise KaffeeError(
+            f"--out {cfg.out} is outside the checkout {repo}: a device call carries only its paths"
+        )
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(out)], cwd=repo).returncode == 0
+    if not ignored:
+        raise KaffeeError(f"--out {cfg.out} is not git-ignored: carry paths must be (e.g. under runs/)")
+    if not cfg.tokenizer.is_file():
+        raise KaffeeError(
+            f"no tokenizer at {cfg.tokenizer} (is models/default set aside? put it back: "
+            "git checkout -- models/default)"
+        )
+    if not (cfg.corpus / "stats.json").is_file():
+        raise KaffeeError(f"{cfg.corpus} is not a corpus directory (kaffee corpus build writes stats.json)")
 
 
 def travelling_bytes(repo: Path, set_aside: tuple[str, ...]) -> int:
@@ -76,6 +110,7 @@ def travelling_bytes(repo: Path, set_aside: tuple[str, ...]) -> int:
 
 def make_carry(cfg: CarryConfig, repo: Path = REPO) -> dict:
     """Write the carry; return its records and the bytes a call would send (KaffeeError past the limit)."""
+    _check_paths(cfg, repo)
     cfg.out.mkdir(parents=True, exist_ok=True)
     train = _export(cfg, "train", cfg.train_chars, cfg.app_weight)
     valid = _export(cfg, "valid", cfg.valid_chars, 1.0)
@@ -93,14 +128,16 @@ def make_carry(cfg: CarryConfig, repo: Path = REPO) -> dict:
 
 
 def device_call(cfg: CarryConfig, repo: Path = REPO) -> str:
+    """The call, with the set-aside folders moved out of the checkout and back (``git checkout`` restores them too)."""
     carry = cfg.out.resolve().relative_to(repo.resolve())
-    aside = " && ".join(f"mv {d} /tmp/kaffee-aside-{d.replace('/', '-')}" for d in cfg.set_aside)
-    back = " && ".join(f"mv /tmp/kaffee-aside-{d.replace('/', '-')} {d}" for d in cfg.set_aside)
+    places = [(d, f"/tmp/kaffee-aside-{d.replace('/', '-')}") for d in cfg.set_aside]
+    aside = " && ".join(f"test ! -e {tmp} && mv -T {d} {tmp}" for d, tmp in places)
+    back = " && ".join(f"mv -T {tmp} {d}" for d, tmp in places)
     return (
         f"here:   {aside}\n"
         f'device: run(command="CARRY={carry} OUT=$OUT bench/gpu_default_model.sh", carry=["{carry}"], '
         "timeout_s=600)\n"
-        f"here:   {back}"
+        f"here:   {back}   (or: git checkout -- {' '.join(cfg.set_aside)})"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_carry_is_written_checked_and_kept(corpus: Path, tmp_path: Path, tiny_to
     gpu_carry.make_carry(cfg, repo)  # same settings: the exports are kept
     assert (cfg.out / "train.jsonl.xz").stat().st_mtime_ns == before
     call = gpu_carry.device_call(cfg, repo)
-    assert 'carry=["runs/carry"]' in call and "mv models/default" in call
+    assert 'carry=["runs/carry"]' in call and "mv -T models/default" in call
 
 
 def test_over_the_limit_is_a_clear_error(corpus: Path, tmp_path: Path, tiny_tokenizer) -> None:  # noqa: F811
@@ -56,3 +57,35 @@ def test_over_the_limit_is_a_clear_error(corpus: Path, tmp_path: Path, tiny_toke
     cfg = gpu_carry.CarryConfig(corpus, repo / "runs" / "carry", 2_000, 100, tokenizer=tok, limit=2_000)
     with pytest.raises(KaffeeError, match="over"):
         gpu_carry.make_carry(cfg, repo)
+
+
+def test_an_export_from_other_data_is_redone(corpus: Path, tmp_path: Path, tiny_tokenizer) -> None:  # noqa: F811
+    """Same settings, another corpus build: the old export is not kept."""
+    repo = _repo(tmp_path, big=10)
+    data = tmp_path / "corpus"
+    shutil.copytree(corpus, data)
+    tok = tmp_path / "tokenizer.json"
+    tiny_tokenizer.save(tok)
+    cfg = gpu_carry.CarryConfig(data, repo / "runs" / "carry", 2_000, 100, tokenizer=tok, limit=10**6)
+    gpu_carry.make_carry(cfg, repo)
+    before = (cfg.out / "train.jsonl.xz").stat().st_mtime_ns
+    (data / "stats.json").write_text(json.dumps({"files_kept": 1, "rebuilt": True}))
+    gpu_carry.make_carry(cfg, repo)
+    assert (cfg.out / "train.jsonl.xz").stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize("where", ["outside", "not ignored"])
+def test_a_carry_that_cannot_travel_is_refused_before_any_work(
+    corpus: Path,  # noqa: F811
+    tmp_path: Path,
+    tiny_tokenizer,
+    where: str,
+) -> None:
+    repo = _repo(tmp_path, big=10)
+    tok = tmp_path / "tokenizer.json"
+    tiny_tokenizer.save(tok)
+    out = tmp_path / "elsewhere" if where == "outside" else repo / "carry"
+    cfg = gpu_carry.CarryConfig(corpus, out, 2_000, 100, tokenizer=tok)
+    with pytest.raises(KaffeeError, match="outside|git-ignored"):
+        gpu_carry.make_carry(cfg, repo)
+    assert not out.exists()
