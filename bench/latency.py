@@ -43,6 +43,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,17 @@ class ReplayConfig:
     index_wait_s: float = 0.0  # seconds to let the server index the workspace before typing starts
 
 
+def percentile(xs: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``xs``, nearest rank on ``len - 1`` (NaN when empty).
+
+    Every p50/p95 of this bench, and of ``bench/model_size.py``'s reference replay, is this one.
+    """
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(round(q / 100.0 * (len(xs) - 1))))]
+
+
 @dataclass
 class ReplayResult:
     mode: str  # engine | naive
@@ -84,10 +96,7 @@ class ReplayResult:
         return 100.0 * self.counts.saved / max(1, self.counts.keystrokes)
 
     def pct(self, q: float) -> float:
-        xs = sorted(self.latencies_ms)
-        if not xs:
-            return float("nan")
-        return xs[min(len(xs) - 1, int(round(q / 100.0 * (len(xs) - 1))))]
+        return percentile(self.latencies_ms, q)
 
 
 def utf16_len(s: str) -> int:
@@ -238,7 +247,7 @@ class PacedResult:
         return int(self.counters.get("modelCalls", 0))
 
     def pct(self, q: float) -> float:
-        return ReplayResult("", self.latencies_ms, TypingCounts(), 0.0).pct(q)
+        return percentile(self.latencies_ms, q)
 
 
 def keystroke_plan(text: str, start: int, end: int, ask: str) -> list[tuple[int, str, bool, bool]]:

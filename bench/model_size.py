@@ -48,10 +48,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from kaffee.bench.latency import percentile
+from kaffee.bench.train_throughput import PEAK_BF16
 from kaffee.data.tokenizer import KaffeeTokenizer
 from kaffee.errors import KaffeeError
 from kaffee.models import checkpoint, default_model_dir, families
 from kaffee.models.gpt import PRESETS, GPTConfig
+from kaffee.models.lm import LanguageModel
 from kaffee.server.engine import CompletionEngine, EngineOptions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +84,7 @@ class SizeBenchConfig:
     replay_chars: int = 400  # characters it types (bench/latency.py --chars)
     gpu_minutes: float = 4.5  # training minutes of the GPU job's gpt run (gpu_default_model.sh GPT_MIN)
     mfu: list[float] = field(default_factory=lambda: [0.22, 0.40])  # measured (card) and issue-14 target
-    peak_flops: float = 989.4e12  # H100/H200 dense bf16 peak (bench/train_throughput.py PEAK_BF16)
+    peak_flops: float = PEAK_BF16["H100"]  # dense bf16 peak of the GPU job's card (H100 = H200)
     seed: int = 0  # random init and the interleaving order
     keep_dir: Path | None = None  # keep the saved int8 model directories here (None: a deleted temp dir)
 
@@ -155,7 +158,11 @@ def parse_shape(spec: str, vocab_size: int, block_size: int) -> GPTConfig:
 
 
 def count_params(cfg: GPTConfig) -> int:
-    """Parameters of a gpt config (tied embedding counted once): embeddings, blocks, final norm."""
+    """Parameters of a gpt config (tied embedding counted once): embeddings, blocks, final norm.
+
+    A cross-check only: the rows count the built or loaded model's tensors (``tensor_params``)
+    and assert that this formula agrees.
+    """
     c, i = cfg.n_embd, cfg.intermediate_size
     block = 4 * c * c + 3 * c * i + 2 * c  # q, k, v, o; gate, up, down; two RMSNorm weights
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * c
@@ -169,11 +176,16 @@ def _dir_bytes(d: Path) -> tuple[int, int]:
     )
 
 
+def tensor_params(model: LanguageModel) -> int:
+    """Elements of a model's tensors as saved (a tied embedding once)."""
+    return sum(t.numel() for t in families.model_tensors(model).values())
+
+
 def save_random(out: Path, cfg: GPTConfig, tokenizer: KaffeeTokenizer, seed: int) -> int:
     """A randomly initialised gpt (the family's init) saved as int8 to ``out``; returns its parameters."""
     torch.manual_seed(seed)
     model = families.wrap("gpt", cfg, families.build_module("gpt", cfg))
-    params = sum(t.numel() for t in families.model_tensors(model).values())
+    params = tensor_params(model)
     assert params == count_params(cfg), (params, count_params(cfg))
     card = "# untrained: bench/model_size.py timing candidate\n"
     checkpoint.save_model_dir(out, model, tokenizer, card, extra={"untrained": True}, dtype="int8")
@@ -235,8 +247,7 @@ def reference_replay_p95(cfg: SizeBenchConfig, model_dir: Path) -> tuple[float, 
         xs = sorted(json.loads(out.read_text())["engine"])
     if not xs:
         raise KaffeeError("bench/latency.py answered no requests")
-    # the nearest-rank percentile of bench/latency.py's ReplayResult.pct
-    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))], cmd
+    return percentile(xs, 95), cmd  # the p95 bench/latency.py itself reports
 
 
 def gpu_budget(params: int, ref_params: int, cfg: SizeBenchConfig) -> dict[str, dict[str, float]]:
@@ -285,7 +296,12 @@ def measure(cfg: SizeBenchConfig) -> dict:
         if cfg.reference_model is not None:
             _meta, gcfg, _tok = checkpoint.read_gpt_dir(Path(cfg.reference_model))
             total, weights = _dir_bytes(Path(cfg.reference_model))
-            params = count_params(gcfg)
+            params = tensor_params(checkpoint.load_model(Path(cfg.reference_model), expect_family="gpt"))
+            if params != count_params(gcfg):
+                raise KaffeeError(
+                    f"{cfg.reference_model}: {params} parameters in its tensors, "
+                    f"{count_params(gcfg)} by its config's formula"
+                )
             rows["bundled"] = Row(
                 "bundled", gcfg.n_layer, gcfg.n_embd, gcfg.n_head, gcfg.intermediate_size, params,
                 total, weights, 2 * params, {}, float("nan"),

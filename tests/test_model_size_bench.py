@@ -99,3 +99,22 @@ def test_shapes_parse_and_bad_ones_are_clear_errors():
             bench.parse_shape(bad, 16384, 1024)
     with pytest.raises(KaffeeError, match="fit"):
         bench.SizeBenchConfig(shapes=["base"], warm_tokens=1000)
+
+
+def test_shared_constants_come_from_the_other_benches(monkeypatch, tmp_path):
+    """The bf16 peak is train_throughput's, the replay p95 is latency's own percentile."""
+    from kaffee.bench import latency, train_throughput
+
+    bench = _load()
+    assert bench.SizeBenchConfig().peak_flops == train_throughput.PEAK_BF16["H100"]
+    xs = [float(x) for x in range(1, 21)]
+    assert latency.percentile(xs, 95) == 19.0 and latency.percentile([], 50) != latency.percentile([], 50)
+
+    def fake_run(cmd, **_kw):  # bench/latency.py writing its latencies
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"engine": xs[::-1]}))
+        return type("R", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    cfg = bench.SizeBenchConfig(shapes=["base"])
+    p95, _cmd = bench.reference_replay_p95(cfg, tmp_path)
+    assert p95 == latency.ReplayResult("engine", xs, latency.TypingCounts(), 0.0).pct(95)
