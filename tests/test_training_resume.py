@@ -339,16 +339,16 @@ def test_kill_at_each_swap_step(swap, k, at_out, resumed_from, corpus, reference
 
 def test_two_runs_sharing_a_data_cache_tokenise_once(corpus, tmp_path, monkeypatch):
     """--data-cache: a gpt and an lstm on the same data, read the same way, encode it once."""
-    import kaffee.training.run as run_module
+    import kaffee.training.data as data_module
 
     calls: list[str] = []
-    real = run_module.cached_token_stream.__globals__["token_stream"]
+    real = data_module.token_stream
 
     def counting(*args, **kwargs):
         calls.append(args[1])  # the split
         return real(*args, **kwargs)
 
-    monkeypatch.setitem(run_module.cached_token_stream.__globals__, "token_stream", counting)
+    monkeypatch.setattr(data_module, "token_stream", counting)
     cache = tmp_path / "cache"
     rc, _ = kaffee(train_args(corpus, tmp_path / "gpt", "--data-cache", str(cache)))
     assert rc == 0 and sorted(calls) == ["train", "valid"]
