@@ -39,12 +39,9 @@ def _carry(d: Path, java_samples: dict[str, str], tok) -> Path:
     return d
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
-def test_gpu_job_runs_at_nano_scale_on_cpu(tmp_path, java_samples, tiny_tokenizer):
-    carry = _carry(tmp_path / "carry", java_samples, tiny_tokenizer)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {
+def _env(carry: Path, out: Path, **settings: str) -> dict[str, str]:
+    """The job's environment at nano scale on the CPU, with ``settings`` on top."""
+    return {
         **os.environ,
         "CARRY": str(carry),
         "OUT": str(out),
@@ -53,12 +50,18 @@ def test_gpu_job_runs_at_nano_scale_on_cpu(tmp_path, java_samples, tiny_tokenize
         "LSTM_PRESET": "nano",
         "BATCH": "2",
         "BLOCK": "64",
-        "LSTM_BLOCK": "64",
         "TPS": "200",  # tokens/s: sizes the schedule to 20 steps without running the benchmark
-        "GPT_MIN": "0.2",
-        "LSTM_MIN": "0.1",
         "NO_COMPILE": "1",
+        **settings,
     }
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_job_runs_at_nano_scale_on_cpu(tmp_path, java_samples, tiny_tokenizer):
+    carry = _carry(tmp_path / "carry", java_samples, tiny_tokenizer)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = _env(carry, out, GPT_MIN="0.2", LSTM_MIN="0.1", LSTM_BLOCK="64")
     r = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     parts = sorted(out.glob("results.tar.part-*"))
@@ -88,20 +91,7 @@ def test_gpu_job_keeps_to_its_time_budget(tmp_path, java_samples, tiny_tokenizer
     carry = _carry(tmp_path / "carry", java_samples, tiny_tokenizer)
     out = tmp_path / "out"
     out.mkdir()
-    env = {
-        **os.environ,
-        "CARRY": str(carry),
-        "OUT": str(out),
-        "PY": sys.executable,
-        "PRESET": "nano",
-        "LSTM_PRESET": "nano",
-        "BATCH": "2",
-        "BLOCK": "64",
-        "TPS": "200",
-        "GPT_MIN": "0.1",
-        "NO_COMPILE": "1",
-        "JOB_S": "1",  # already spent when the job starts
-    }
+    env = _env(carry, out, GPT_MIN="0.1", JOB_S="1")  # JOB_S: already spent when the job starts
     r = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "gpt gets 0.1 min" in r.stdout and "lstm skipped" in r.stdout
