@@ -322,11 +322,13 @@ def cached_token_stream(
     Stored as uint16 when the vocabulary fits (half the bytes of int32) and returned
     memory-mapped, so a large stream is paged in as blocks are read, not held in RAM.
     """
-    st = split_source(source, split).stat()  # a rebuilt corpus or regenerated export at one path: other data
+    read = split_source(source, split)
+    # a rebuilt corpus or regenerated export at one path is other data (a missing one: token_stream says so)
+    identity = [(st := read.stat()).st_ino, st.st_size, st.st_mtime_ns] if read.exists() else None
     key = json.dumps(
         [
             str(source.resolve()),
-            [st.st_ino, st.st_size, st.st_mtime_ns],
+            identity,
             split,
             hashlib.sha256(Path(tok_path).read_bytes()).hexdigest(),
             cfg.fim_rate if fim else 0,
