@@ -17,6 +17,7 @@ CARRY=${CARRY:-runs/gpu-carry}
 OUT=${OUT:?set OUT}
 JOB_S=${JOB_S:-540}            # seconds the whole job may take (the device call's limit is 600)
 RESERVE_S=${RESERVE_S:-90}     # of them, kept for the final evaluations, saving and packing
+HARD_S=${HARD_S:-600}          # where the device kills the call (nothing comes back after it)
 GPT_MIN=${GPT_MIN:-4.5}        # wall-clock minutes for the gpt run at most (less if the time left is less)
 LSTM_MIN=${LSTM_MIN:-1}        # wall-clock minutes for the lstm baseline at most
 PRESET=${PRESET:-base}         # gpt preset of the default model (size: bench/model_size.py, docs/architectures.md)
@@ -78,7 +79,8 @@ TRAIN_DATA=(--corpus "$CARRY/train.jsonl.xz" --tokenizer "$CARRY/tokenizer.json"
 $PY -m kaffee train --family gpt --preset "$PRESET" "${TRAIN_DATA[@]}" --out "$WORK/gpt" --tokenize-only \
   2>"$WORK/res/tokenize.log" | tee "$WORK/res/tokenize.json"
 # the minutes left: the gpt gets what the lstm and the reserve do not need, up to GPT_MIN
-GPT_MIN=$($PY -c "print(round(min($GPT_MIN, max(0.5, ($JOB_S - $SECONDS - $RESERVE_S - 60 * $LSTM_MIN) / 60)), 2))")
+# (at least half a minute, less when even that would pass the call's hard limit HARD_S)
+GPT_MIN=$($PY -c "floor = max(0.1, min(0.5, ($HARD_S - $SECONDS - $RESERVE_S) / 60)); print(round(min($GPT_MIN, max(floor, ($JOB_S - $SECONDS - $RESERVE_S - 60 * $LSTM_MIN) / 60)), 2))")
 echo "after ${SECONDS}s of $JOB_S: gpt gets $GPT_MIN min" | tee -a "$WORK/res/env.txt"
 
 # 3. gpt: size the cosine schedule to the time budget at the measured speed (90 %: eval, saving)
@@ -91,13 +93,14 @@ $PY -m kaffee train --family gpt --preset "$PRESET" "${TRAIN_DATA[@]}" \
 
 # 4. lstm baseline on the same token stream (repository layout, line-level FIM; read from the shared cache)
 # (cut to the time left; skipped when that is under 0.2 minutes and less than asked)
-LSTM_MIN=$($PY -c "m = min($LSTM_MIN, ($JOB_S - $SECONDS - $RESERVE_S / 2) / 60); print(round(m, 2) if m >= min($LSTM_MIN, 0.2) else 0)")
-if [ "$LSTM_MIN" != "0" ]; then
+LEFT_MIN=$($PY -c "print(round(($JOB_S - $SECONDS - $RESERVE_S / 2) / 60, 2))")
+LSTM_MIN=$($PY -c "m = min($LSTM_MIN, $LEFT_MIN); print(round(m, 2) if m > 0 and m >= min($LSTM_MIN, 0.2) else 'skip')")
+if [ "$LSTM_MIN" != "skip" ]; then
   $PY -m kaffee train --family lstm --preset "$LSTM_PRESET" "${TRAIN_DATA[@]}" \
     --out "$WORK/lstm" --max-steps 100000 --max-minutes "$LSTM_MIN" --batch-size "$BATCH" ${LSTM_BLOCK:+--block-size "$LSTM_BLOCK"} --lr 2e-3 \
     --warmup-steps "$WARMUP" --eval-interval 250 --save-interval 100000 --no-compile 2>"$WORK/res/lstm.log" | tee "$WORK/res/lstm.json"
 else
-  echo "lstm skipped: only $LSTM_MIN min left after ${SECONDS}s" | tee -a "$WORK/res/env.txt"
+  echo "lstm skipped: $LEFT_MIN min left after ${SECONDS}s" | tee -a "$WORK/res/env.txt"
 fi
 
 # 5. ship weights (gpt int8, lstm fp16) without the optimizer state, in parts below 16 MiB
