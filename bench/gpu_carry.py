@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaffee.data.export import DEFAULT_APP_WEIGHT, ExportConfig, export_split
+from kaffee.data.export import DEFAULT_APP_WEIGHT, ExportConfig, export_split, source_fields
 from kaffee.errors import KaffeeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,17 +45,9 @@ class CarryConfig:
 
 def _same_data(cfg: CarryConfig, split: str) -> dict:
     """What an export's record must say for it to be this carry's: the corpus, its build, the apps."""
-    import hashlib
-
     from kaffee.data.recipe_tools import app_packages
 
-    stats = cfg.corpus / "stats.json"
-    return {
-        "split": split,
-        "corpus": str(cfg.corpus.resolve()),
-        "corpus_stats_sha256": hashlib.sha256(stats.read_bytes()).hexdigest() if stats.is_file() else None,
-        "apps_sha256": hashlib.sha256("\n".join(sorted(app_packages())).encode()).hexdigest(),
-    }
+    return {"split": split, **source_fields(cfg.corpus, app_packages())}
 
 
 def _export(cfg: CarryConfig, split: str, chars: int, weight: float) -> dict:

@@ -673,7 +673,6 @@ class _Request:
     cancel: threading.Event  # set: the decode loop stops at its next step
     offset: int | None  # the cursor (characters into the document); typing there keeps the work
     stale: bool = False  # a newer request or an edit came: the answer is not wanted any more
-    kept: bool = False  # stale, but its work goes on for the request after it (the user typed on)
     future: concurrent.futures.Future | None = None  # the job on the model thread, once submitted
     waits_on: _Request | None = None  # the older request whose kept work this one waits for
     _typed_on: bool = True  # every edit since the request was an insertion at its cursor
@@ -685,13 +684,15 @@ class _Request:
         else:
             self.offset += len(text)
 
+    @property
+    def kept(self) -> bool:
+        """Stale, but its work goes on for the request after it (the user typed on)."""
+        return self.stale and not self.cancel.is_set()
+
     def supersede(self, keep: bool) -> None:
         """A newer request or an edit: the answer is stale; the work stops unless it is worth keeping."""
         self.stale = True
-        if keep and self._typed_on and not self.cancel.is_set():
-            self.kept = True
-        else:
-            self.kept = False
+        if not (keep and self._typed_on and not self.cancel.is_set()):
             self.cancel.set()
             if self.waits_on is not None:  # nobody is left to use the older work either
                 self.waits_on.supersede(keep=False)
